@@ -1,0 +1,171 @@
+"""Tolerant decoding of API responses into records.
+
+A response is decoded in two steps: the envelope keeps each record as raw JSON, then each
+record is decoded on its own. A record that cannot be decoded is counted and skipped; its
+neighbours still arrive. Errors raised here never carry payload content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+
+from exporter.bem.models import Call, Event, FunctionCall, Trace
+
+
+class DecodeError(Exception):
+    """A response body that is not the expected JSON envelope at all (truncated, not JSON)."""
+
+
+class _ListEnvelope(msgspec.Struct):
+    calls: list[msgspec.Raw] = []
+    totalCount: int | None = None
+
+
+class _TraceBody(msgspec.Struct):
+    functionCalls: list[msgspec.Raw] | None = None
+    events: list[msgspec.Raw] | None = None
+
+
+class _TraceEnvelope(msgspec.Struct):
+    trace: _TraceBody | None = None
+
+
+class _CallEnvelope(msgspec.Struct):
+    # msgspec.Raw cannot sit in a union; an absent call stays the raw JSON `null`.
+    call: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _V2CallWithTrace(msgspec.Struct):
+    trace: _TraceBody | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallPage:
+    """One page of a call listing."""
+
+    calls: list[Call]
+    """The records that decoded."""
+    ids: list[str | None]
+    """Every record's `callID` in listing order; None where even the id is unreadable."""
+    rejected_ids: list[str]
+    """Ids of records that did not decode but have a readable `callID` (re-read later)."""
+
+    @property
+    def size(self) -> int:
+        """How many records the page held: the listing ends with a short page."""
+        return len(self.ids)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.ids) - len(self.calls)
+
+    @property
+    def last_call_id(self) -> str | None:
+        """The last readable id, even of a rejected record: the next cursor."""
+        return next((call_id for call_id in reversed(self.ids) if call_id is not None), None)
+
+    @property
+    def first_unidentified(self) -> int | None:
+        """Position of the first record without a readable id, if any."""
+        return self.ids.index(None) if None in self.ids else None
+
+
+# Records decode strictly: lax mode would read a number as an epoch timestamp and count a
+# garbled call with a made-up duration. A record of the wrong shape is rejected instead.
+_call = msgspec.json.Decoder(Call)
+_function_call = msgspec.json.Decoder(FunctionCall)
+_event = msgspec.json.Decoder(Event)
+_list = msgspec.json.Decoder(_ListEnvelope, strict=False)
+_trace = msgspec.json.Decoder(_TraceEnvelope, strict=False)
+_call_envelope = msgspec.json.Decoder(_CallEnvelope, strict=False)
+_v2_trace = msgspec.json.Decoder(_V2CallWithTrace, strict=False)
+
+
+class _IdOnly(msgspec.Struct):
+    callID: str | None = None
+
+
+_id_only = msgspec.json.Decoder(_IdOnly, strict=False)
+
+
+T = TypeVar("T")
+
+
+def _envelope(decoder: msgspec.json.Decoder[T], body: bytes, what: str) -> T:
+    try:
+        return decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        # The message of msgspec's error may quote the payload; ours names only the endpoint.
+        raise DecodeError(f"{what}: response body is not the expected JSON") from None
+
+
+def decode_call_page(body: bytes) -> CallPage:
+    envelope = _envelope(_list, body, "list calls")
+    calls: list[Call] = []
+    ids: list[str | None] = []
+    rejected_ids: list[str] = []
+    for raw in envelope.calls:
+        try:
+            call = _call.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            call_id = _call_id(raw)
+            ids.append(call_id)
+            if call_id is not None:
+                rejected_ids.append(call_id)
+            continue
+        calls.append(call)
+        ids.append(call.call_id)
+    return CallPage(calls=calls, ids=ids, rejected_ids=rejected_ids)
+
+
+def _call_id(raw: msgspec.Raw) -> str | None:
+    try:
+        return _id_only.decode(raw).callID or None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def decode_call(body: bytes) -> Call | None:
+    """The call of `GET /v{2,3}/calls/{id}`, or None if its record is undecodable."""
+    envelope = _envelope(_call_envelope, body, "get call")
+    if envelope.call == b"null":
+        return None
+    try:
+        return _call.decode(envelope.call)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def decode_trace(body: bytes) -> Trace:
+    """The trace of `GET /v3/calls/{id}/trace`."""
+    return _trace_records(_envelope(_trace, body, "get trace").trace)
+
+
+def decode_v2_trace(body: bytes) -> Trace:
+    """The trace embedded in `GET /v2/calls/{id}` (legacy accounts)."""
+    envelope = _envelope(_call_envelope, body, "get call")
+    if envelope.call == b"null":
+        return Trace()
+    return _trace_records(_envelope(_v2_trace, envelope.call, "get call").trace)
+
+
+def _trace_records(body: _TraceBody | None) -> Trace:
+    if body is None:
+        return Trace()
+    rejected = 0
+    function_calls: list[FunctionCall] = []
+    for raw in body.functionCalls or ():
+        try:
+            function_calls.append(_function_call.decode(raw))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            rejected += 1
+    events: list[Event] = []
+    for raw in body.events or ():
+        try:
+            events.append(_event.decode(raw))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            rejected += 1
+    return Trace(function_calls=tuple(function_calls), events=tuple(events), rejected=rejected)

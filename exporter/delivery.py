@@ -1,0 +1,135 @@
+"""Delivery of spans, at least once.
+
+Finished calls wait in a bounded in-memory backlog until the span exporter accepts them; only
+then does the state mark them exported. While the backend is down, the backlog holds up to
+`max_backlog` calls; older ones are evicted from memory but stay unexported in the state, and
+are fetched from the API again once the backend is back. Spans are given up on only when a
+call leaves the state's retention window (`BEM_LOOKBACK`), and then counted as dropped.
+
+Exports run in a worker thread, one at a time, so the event loop (polling, /metrics) never
+waits on the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from exporter.pipeline import FinishedCall, Observer, SpanExporter
+from exporter.state import State
+
+log = logging.getLogger(__name__)
+
+EXPORT_BATCH = 100
+"""Calls per export request (a few hundred spans)."""
+RETRY_MIN, RETRY_MAX = 1.0, 60.0
+
+Refetch = Callable[[Sequence[str]], Awaitable[list[FinishedCall]]]
+
+
+class Delivery:
+    def __init__(self, exporter: SpanExporter, state: State, observer: Observer, max_backlog: int) -> None:
+        self._exporter = exporter
+        self._state = state
+        self._observer = observer
+        self._max_backlog = max_backlog
+        self._backlog: dict[str, FinishedCall] = {}
+        self._evicted = state.count_unexported() > 0  # spans left undelivered by an earlier process
+        self._wake = asyncio.Event()
+        self._retry_delay = RETRY_MIN
+        self._retry_at = 0.0
+        self._healthy = True
+        self._lock = asyncio.Lock()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)
+
+    def submit(self, batch: Sequence[FinishedCall]) -> None:
+        for item in batch:
+            self._backlog[item.call.call_id] = item
+        overflow = len(self._backlog) - self._max_backlog
+        if overflow > 0:
+            for call_id in list(self._backlog)[:overflow]:
+                del self._backlog[call_id]
+            self._evicted = True
+        if batch:
+            self._wake.set()
+
+    async def run(self, refetch: Refetch, stop: asyncio.Event) -> None:
+        """The worker of `bem-exporter run`: deliver whenever there is work and it is time."""
+        while not stop.is_set():
+            wait = max(self._retry_at - time.monotonic(), 0.0) if not self._healthy else None
+            waker = asyncio.create_task(self._wake.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waker, stopper}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            stopper.cancel()
+            self._wake.clear()
+            if stop.is_set():
+                return
+            if self._healthy or time.monotonic() >= self._retry_at:
+                await self.deliver(refetch)
+
+    async def deliver(self, refetch: Refetch | None = None) -> bool:
+        """Export the backlog, then (when healthy) what earlier evictions or processes left.
+        True when nothing is left undelivered."""
+        async with self._lock:
+            if not await self._drain():
+                return False
+            if refetch is not None and self._evicted:
+                await self._recover(refetch)
+            return not self._backlog and not self._evicted
+
+    async def _drain(self) -> bool:
+        while self._backlog:
+            batch = list(self._backlog.values())[:EXPORT_BATCH]
+            spans = await asyncio.to_thread(self._exporter.export, batch)
+            if spans is None:
+                self._failed(len(batch))
+                return False
+            call_ids = [item.call.call_id for item in batch]
+            self._state.mark_exported(call_ids)
+            for call_id in call_ids:
+                self._backlog.pop(call_id, None)
+            self._observer.spans_exported(len(batch), spans)
+            self._recovered()
+        return True
+
+    async def _recover(self, refetch: Refetch) -> None:
+        """Fetch again, from the API, calls whose spans were evicted or left by a crash."""
+        while True:
+            call_ids = self._state.unexported(EXPORT_BATCH, skip=list(self._backlog))
+            if not call_ids:
+                self._evicted = False
+                return
+            try:
+                found = await refetch(call_ids)
+            except Exception as error:  # the API's trouble is the poller's to report
+                log.debug("refetch of undelivered calls failed", extra={"error": type(error).__name__})
+                return
+            missing = set(call_ids) - {item.call.call_id for item in found}
+            if missing:
+                # Gone from the API (or no longer finished): nothing left to deliver for them.
+                self._state.mark_exported(sorted(missing))
+                self._observer.spans_dropped(len(missing))
+            self.submit(found)
+            if not await self._drain():
+                return
+
+    def _failed(self, calls: int) -> None:
+        self._observer.span_export_failed(calls)
+        if self._healthy:
+            log.warning("span export failing; spans wait in the backlog", extra={"backlog": len(self._backlog)})
+        else:
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        self._healthy = False
+        self._retry_at = time.monotonic() + self._retry_delay
+
+    def _recovered(self) -> None:
+        if not self._healthy:
+            log.info("span export recovered", extra={"backlog": len(self._backlog)})
+        self._healthy = True
+        self._retry_delay = RETRY_MIN

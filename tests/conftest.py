@@ -1,0 +1,86 @@
+"""Shared fixtures: the simulator over real HTTP on loopback, a settable clock, sink doubles."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.pipeline import FinishedCall
+
+SIM_KEY = "sim-key"
+
+
+class Clock:
+    """A clock that tests move by hand; simulator and poller share it."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RecordingRecorder:
+    """A CallRecorder that remembers what it was handed, honouring the stage/publish handshake."""
+
+    def __init__(self) -> None:
+        self.published: Counter[str] = Counter()
+        self._staged: list[str] = []
+
+    def stage(self, batch: Sequence[FinishedCall]) -> bytes:
+        self._staged = [item.call.call_id for item in batch]
+        return b"snapshot"
+
+    def publish(self) -> None:
+        self.published.update(self._staged)
+        self._staged = []
+
+    def discard(self) -> None:
+        self._staged = []
+
+    def restore(self, snapshot: bytes) -> None:
+        pass
+
+
+class CollectingExporter:
+    """A SpanExporter that keeps the finished calls it was given; can be switched off."""
+
+    def __init__(self) -> None:
+        self.exported: Counter[str] = Counter()
+        self.down = False
+
+    def export(self, batch: Sequence[FinishedCall]) -> int | None:
+        if self.down:
+            return None
+        self.exported.update(item.call.call_id for item in batch)
+        return sum(len(item.trace.function_calls) + 1 for item in batch)
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sim_factory(clock: Clock) -> Iterator[object]:
+    servers: list[SimulatorServer] = []
+
+    def start(**config: object) -> tuple[Simulator, str]:
+        simulator = Simulator(SimulatorConfig(**config), clock=clock)  # type: ignore[arg-type]
+        server = SimulatorServer(simulator)
+        servers.append(server)
+        return simulator, server.start()
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,33 @@
+"""A faithful fake of bem's Calls API: the exporter's demo data source, the tests' counterpart and
+the benchmarks' load.
+
+A seeded workload of workflow calls (DAGs of function calls emitting events) arrives, queues,
+runs and finishes with the clock; the HTTP server answers `GET /v3/calls`, `GET /v3/calls/{id}`,
+`GET /v3/calls/{id}/trace`, `GET /v2/calls`, `GET /v2/calls/{id}`, `POST /v2/calls` and
+`POST /v3/workflows/{name}/call` like bem does, with optional injected faults.
+
+    sim = Simulator(SimulatorConfig(seed=7, prefill=1000))
+    with SimulatorServer(sim) as url:
+        ...  # point a client at url with x-api-key: sim-key
+"""
+
+from .catalog import CONTENT_MARKER, URL_MARKER, WORKFLOWS
+from .config import Faults, SimulatorConfig
+from .model import Simulator, UnknownTargetError
+from .query import ListQuery, QueryError, parse_list_query
+from .server import SimulatorServer, serve
+
+__all__ = [
+    "CONTENT_MARKER",
+    "URL_MARKER",
+    "WORKFLOWS",
+    "Faults",
+    "ListQuery",
+    "QueryError",
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorServer",
+    "UnknownTargetError",
+    "parse_list_query",
+    "serve",
+]

@@ -1,0 +1,89 @@
+"""Settings of the bem API simulator: the workload it generates and the faults it injects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be within 0..1, got {value!r}")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+@dataclass
+class Faults:
+    """Faults injected into API responses.
+
+    Mutable at runtime: tests flip these while the server runs. Each rate is the fraction of
+    requests (or, for `malformed_rate`, of call records) affected, drawn from the simulator's
+    fault RNG, which is separate from the workload RNG so that faults never change the workload.
+    """
+
+    rate_429: float = 0.0
+    """Fraction of API requests answered 429 `{"message": ...}`."""
+    retry_after: float | None = None
+    """When set, 429 and 503 responses carry `Retry-After: <seconds>` (e.g. `1` or `0.2`)."""
+    rate_5xx: float = 0.0
+    """Fraction of API requests answered 500, 502 or 503 with an error body."""
+    slow_rate: float = 0.0
+    """Fraction of API requests delayed by `slow_seconds` before they are answered."""
+    slow_seconds: float = 0.0
+    malformed_rate: float = 0.0
+    """Fraction of call records in list/get responses made undecodable (the rest stays valid)."""
+    truncated_rate: float = 0.0
+    """Fraction of 200 responses whose JSON body is cut off mid-way (Content-Length matches the cut)."""
+    down: bool = False
+    """When True, connections are closed without an answer (an outage)."""
+
+    def validate(self) -> None:
+        """Raise ValueError for a rate outside 0..1 or a negative duration."""
+        for name in ("rate_429", "rate_5xx", "slow_rate", "malformed_rate", "truncated_rate"):
+            _check_fraction(name, getattr(self, name))
+        _check_non_negative("slow_seconds", self.slow_seconds)
+        if self.retry_after is not None:
+            _check_non_negative("retry_after", self.retry_after)
+
+
+@dataclass
+class SimulatorConfig:
+    """What the simulator generates and how it serves it."""
+
+    seed: int = 1
+    arrival_rate: float = 1.0
+    """New calls per second (a Poisson process) while the simulator runs; 0 = none."""
+    prefill: int = 0
+    """Calls created in the past before the start, spread over `history` seconds; most already finished."""
+    history: float = 3600.0
+    """How many seconds before the start the prefilled calls begin."""
+    speed: float = 1.0
+    """Time multiplier of the workload: 2.0 makes calls queue and run twice as fast."""
+    latency: float = 0.0
+    """Seconds added to every API response (served concurrently)."""
+    api_key: str | None = "sim-key"
+    """The required `x-api-key`; None disables authentication."""
+    failure_rate: float = 0.15
+    """Share of calls that end failed."""
+    max_function_calls: int = 10
+    """Upper bound of function calls per call (each call has 1..N)."""
+    faults: Faults = field(default_factory=Faults)
+    cache_mb: int = 1024
+    """Memory budget (MiB) for the encoded JSON of finished calls; oldest entries are evicted first."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid setting."""
+        _check_non_negative("arrival_rate", self.arrival_rate)
+        _check_non_negative("prefill", self.prefill)
+        _check_non_negative("history", self.history)
+        _check_non_negative("latency", self.latency)
+        _check_non_negative("cache_mb", self.cache_mb)
+        _check_fraction("failure_rate", self.failure_rate)
+        if self.speed <= 0:
+            raise ValueError(f"speed must be > 0, got {self.speed!r}")
+        if self.max_function_calls < 1:
+            raise ValueError(f"max_function_calls must be >= 1, got {self.max_function_calls!r}")
+        self.faults.validate()

@@ -1,0 +1,363 @@
+"""Series storage for the counted metrics: plain dicts, staged copy-on-write, snapshots.
+
+Why not prometheus_client's Counter and Histogram: their values cannot be set back from a
+snapshot, and they make every increment visible at once, while exactly-once counting needs
+the increments of a batch to stay invisible until the batch's snapshot is persisted (see
+`exporter.pipeline`).
+
+The layout: a `Tables` holds every series of every family. The published `Tables` is never
+mutated; `begin()` returns a `Stage`, a writable copy in which counters are copied shallowly
+(their values are immutable ints) and histogram rows are copied on their first write in the
+stage. `publish()` swaps the stage's tables in with one assignment, so a scrape running in
+another thread sees either the old or the new tables, never half a batch, without a lock.
+
+A histogram row is `[count in bucket 0, ..., count in bucket n-1, count above the last bound,
+sum]`: per-bucket (not cumulative) counts, so an observation touches two cells.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, ...]
+"""The label values of one series, in the order of its family's label names."""
+
+Row = list[float]
+"""A histogram series: per-bucket counts (the last one above the highest bound), then the sum."""
+
+ExemplarRecord = tuple[str, str | None, float, float]
+"""(call id, function call id or None, observed value, the call's finishedAt as unix time):
+the trace ids are derived from the ids only when a scrape renders the exemplar, which is
+rarer than recording one; the time only picks the newest exemplar and is not exposed."""
+
+ExemplarLabels = Callable[[str, str | None], dict[str, str]]
+
+SNAPSHOT_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSpec:
+    name: str
+    """The full sample name, ending in `_total`."""
+    help: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSpec:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    bounds: tuple[float, ...]
+    """Upper bounds, strictly increasing, without +Inf."""
+    unit: str = ""
+    exemplars: bool = False
+
+
+class Tables:
+    """One consistent version of every series. Once published, never mutated."""
+
+    __slots__ = ("counters", "exemplars", "histograms")
+
+    def __init__(
+        self,
+        counters: dict[str, dict[Key, int]],
+        histograms: dict[str, dict[Key, Row]],
+        exemplars: dict[str, dict[Key, list[ExemplarRecord | None]]],
+    ) -> None:
+        self.counters = counters
+        self.histograms = histograms
+        self.exemplars = exemplars
+
+
+class HistogramWriter:
+    """Writes one histogram family inside a stage, copying each row on its first write."""
+
+    __slots__ = ("bounds", "exemplars", "owned", "owned_exemplars", "rows", "width")
+
+    def __init__(
+        self,
+        rows: dict[Key, Row],
+        bounds: tuple[float, ...],
+        exemplars: dict[Key, list[ExemplarRecord | None]] | None,
+    ) -> None:
+        self.rows = rows
+        self.owned: dict[Key, Row] = {}
+        self.bounds = bounds
+        self.width = len(bounds) + 1
+        self.exemplars = exemplars
+        self.owned_exemplars: dict[Key, list[ExemplarRecord | None]] = {}
+
+    def _own(self, key: Key) -> Row:
+        old = self.rows.get(key)
+        row: Row = list(old) if old is not None else [0] * self.width + [0.0]
+        self.rows[key] = row
+        self.owned[key] = row
+        return row
+
+    def ensure(self, key: Key) -> None:
+        """Create the series at zero if it does not exist yet (pre-initialisation)."""
+        if key not in self.rows:
+            self._own(key)
+
+    def observe(self, key: Key, value: float) -> int:
+        """Count `value`; return the index of its bucket (for the exemplar)."""
+        row = self.owned.get(key)
+        if row is None:
+            row = self._own(key)
+        index = bisect_left(self.bounds, value)  # first bound >= value: Prometheus `le`
+        row[index] += 1
+        row[-1] += value
+        return index
+
+    def exemplar(self, key: Key, index: int, record: ExemplarRecord) -> None:
+        """Keep `record` as the bucket's exemplar unless the bucket holds one of a call that
+        finished later: the exemplar shown is the most recent example of its bucket."""
+        exemplars = self.exemplars
+        if exemplars is None:
+            return
+        slots = self.owned_exemplars.get(key)
+        if slots is None:
+            old = exemplars.get(key)
+            slots = list(old) if old is not None else [None] * self.width
+            exemplars[key] = slots
+            self.owned_exemplars[key] = slots
+        current = slots[index]
+        if current is None or current[3] <= record[3]:
+            slots[index] = record
+
+
+class Stage:
+    """A writable copy of the published tables; invisible until `SeriesStore.publish`."""
+
+    __slots__ = ("_writers", "tables")
+
+    def __init__(self, tables: Tables, specs: dict[str, HistogramSpec]) -> None:
+        self.tables = Tables(
+            {name: dict(series) for name, series in tables.counters.items()},
+            {name: dict(rows) for name, rows in tables.histograms.items()},
+            {name: dict(slots) for name, slots in tables.exemplars.items()},
+        )
+        self._writers = {
+            name: HistogramWriter(self.tables.histograms[name], spec.bounds, self.tables.exemplars.get(name))
+            for name, spec in specs.items()
+        }
+
+    def counter(self, name: str) -> dict[Key, int]:
+        """The counter's series, to increment in place (ints are immutable: no copy needed)."""
+        return self.tables.counters[name]
+
+    def histogram(self, name: str) -> HistogramWriter:
+        return self._writers[name]
+
+
+# --- snapshot format ---------------------------------------------------------------------------
+
+
+class _CounterDump(msgspec.Struct, forbid_unknown_fields=False):
+    labels: list[str]
+    series: list[tuple[list[str], int | float]]
+
+
+class _HistogramDump(msgspec.Struct, forbid_unknown_fields=False):
+    labels: list[str]
+    bounds: list[float]
+    series: list[tuple[list[str], list[int | float]]]
+
+
+class _Snapshot(msgspec.Struct, forbid_unknown_fields=False):
+    version: int
+    counters: dict[str, _CounterDump] = {}
+    histograms: dict[str, _HistogramDump] = {}
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_Snapshot)
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be read (corrupt, or written by an incompatible version)."""
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+class SeriesStore:
+    """The counters and histograms of the counted metrics, and their exposition."""
+
+    def __init__(
+        self,
+        counters: Sequence[CounterSpec],
+        histograms: Sequence[HistogramSpec],
+        exemplar_labels: ExemplarLabels,
+    ) -> None:
+        self.counter_specs = {spec.name: spec for spec in counters}
+        self.histogram_specs = {spec.name: spec for spec in histograms}
+        self._exemplar_labels = exemplar_labels
+        # `le` label values, rendered once: prometheus_client's formatting is not free.
+        self._les = {spec.name: le_labels(spec.bounds) for spec in histograms}
+        self.published = self.empty()
+
+    def empty(self) -> Tables:
+        return Tables(
+            {name: {} for name in self.counter_specs},
+            {name: {} for name in self.histogram_specs},
+            {name: {} for name, spec in self.histogram_specs.items() if spec.exemplars},
+        )
+
+    def begin(self) -> Stage:
+        """A stage on top of the published tables (not on top of an earlier, unpublished stage:
+        counts staged but never published must not leak into a later snapshot)."""
+        return Stage(self.published, self.histogram_specs)
+
+    def publish(self, stage: Stage) -> None:
+        self.published = stage.tables  # one reference swap: atomic for a concurrent scrape
+
+    # --- snapshots -------------------------------------------------------------------------------
+
+    def snapshot(self, tables: Tables) -> bytes:
+        """The counters and histograms (not the exemplars) as compact JSON."""
+        counters = {
+            name: {"labels": self.counter_specs[name].labels, "series": list(series.items())}
+            for name, series in tables.counters.items()
+        }
+        histograms = {
+            name: {
+                "labels": self.histogram_specs[name].labels,
+                "bounds": self.histogram_specs[name].bounds,
+                "series": list(rows.items()),
+            }
+            for name, rows in tables.histograms.items()
+        }
+        return _encoder.encode({"version": SNAPSHOT_VERSION, "counters": counters, "histograms": histograms})
+
+    def load(self, data: bytes, keep: Callable[[tuple[str, ...], Key], bool]) -> Tables:
+        """Tables from a snapshot. Families this version does not know, or whose label names
+        changed, are dropped; histograms whose bounds changed are re-binned; series that
+        `keep(label_names, key)` refuses are dropped. Raises `SnapshotError`."""
+        try:
+            dump = _decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            raise SnapshotError(f"metrics snapshot is unreadable: {error}") from None
+        if dump.version != SNAPSHOT_VERSION:
+            raise SnapshotError(f"metrics snapshot has version {dump.version}, expected {SNAPSHOT_VERSION}")
+        tables = self.empty()
+        for name, counter in dump.counters.items():
+            spec = self.counter_specs.get(name)
+            if spec is None or tuple(counter.labels) != spec.labels:
+                log.warning("metrics snapshot: dropping %s (unknown, or its labels changed)", name)
+                continue
+            width = len(spec.labels)
+            series = tables.counters[name]
+            for values, value in counter.series:
+                key = tuple(values)
+                if len(key) == width and _valid_count(value) and keep(spec.labels, key):
+                    series[key] = value  # type: ignore[assignment]  # float only if a past version wrote one
+        for name, histogram in dump.histograms.items():
+            hspec = self.histogram_specs.get(name)
+            if hspec is None or tuple(histogram.labels) != hspec.labels:
+                log.warning("metrics snapshot: dropping %s (unknown, or its labels changed)", name)
+                continue
+            self._load_histogram(hspec, histogram, tables.histograms[name], keep)
+        return tables
+
+    def _load_histogram(
+        self,
+        spec: HistogramSpec,
+        dump: _HistogramDump,
+        rows: dict[Key, Row],
+        keep: Callable[[tuple[str, ...], Key], bool],
+    ) -> None:
+        old_bounds = tuple(dump.bounds)
+        rebin = old_bounds != spec.bounds
+        if rebin:
+            log.warning("metrics snapshot: the buckets of %s changed; re-binning its counts", spec.name)
+        width = len(spec.labels)
+        for values, row in dump.series:
+            key = tuple(values)
+            if len(key) != width or len(row) != len(old_bounds) + 2 or not keep(spec.labels, key):
+                continue
+            if not all(_valid_count(v) for v in row[:-1]) or not math.isfinite(row[-1]):
+                continue
+            rows[key] = _rebin(row, old_bounds, spec.bounds) if rebin else list(row)
+
+    # --- exposition ------------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        tables = self.published  # read once: every family from the same version
+        for name, spec in self.counter_specs.items():
+            family = CounterMetricFamily(name, spec.help, labels=spec.labels)
+            for key, value in tables.counters[name].items():
+                family.add_metric(key, value)
+            yield family
+        for name, hspec in self.histogram_specs.items():
+            yield histogram_family(
+                hspec,
+                self._les[name],
+                tables.histograms[name],
+                tables.exemplars.get(name),
+                self._exemplar_labels,
+            )
+
+
+def histogram_family(
+    spec: HistogramSpec,
+    les: Sequence[str],
+    rows: dict[Key, Row],
+    exemplars: dict[Key, list[ExemplarRecord | None]] | None = None,
+    exemplar_labels: ExemplarLabels | None = None,
+) -> HistogramMetricFamily:
+    """A histogram family from per-bucket rows (made cumulative here)."""
+    family = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels, unit=spec.unit)
+    for key, row in rows.items():
+        slots = exemplars.get(key) if exemplars is not None else None
+        buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+        total: float = 0
+        for index, le in enumerate(les):
+            total += row[index]
+            record = slots[index] if slots is not None else None
+            if record is not None and exemplar_labels is not None:
+                labels = exemplar_labels(record[0], record[1])
+                # No timestamp: the scraper then uses the scrape's, which never goes back. With
+                # finishedAt instead, an older call counted after a restart would be rejected
+                # (and warned about) on every scrape as an out-of-order exemplar.
+                buckets.append((le, total, Exemplar(labels, record[2])))
+            else:
+                buckets.append((le, total))
+        family.add_metric(key, buckets, row[-1])
+    return family
+
+
+def le_labels(bounds: Sequence[float]) -> list[str]:
+    """The `le` label values of a histogram's buckets, +Inf included, as prometheus_client
+    renders them (`1.0`, `2.5`, `+Inf`)."""
+    return [str(floatToGoString(b)) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+
+def _valid_count(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+def _rebin(row: Sequence[float], old: tuple[float, ...], new: tuple[float, ...]) -> Row:
+    """Move each old bucket's count into the new bucket holding the old bucket's upper bound.
+
+    The cumulative count at a bound present in both layouts stays exact, so the `le` series
+    that survive a bucket change stay monotonic; `_count` and `_sum` are kept as they were.
+    """
+    out: Row = [0] * (len(new) + 1) + [row[-1]]
+    for index, count in enumerate(row[:-1]):
+        upper = old[index] if index < len(old) else math.inf
+        out[bisect_left(new, upper)] += count
+    return out

@@ -39,9 +39,7 @@ class Harness:
         try:
             async with BemClient(self.api, max_attempts=3) as client:
                 delivery = Delivery(self.exporter, state, NullObserver(), max_backlog=10_000)
-                poller = Poller(
-                    client, state, self.recorder, delivery, NullObserver(), self.poll, clock=self.clock
-                )
+                poller = Poller(client, state, self.recorder, delivery, NullObserver(), self.poll, clock=self.clock)
                 for index in range(count):
                     self.clock.advance(step)  # time passes, then the cycle looks
                     if between is not None:

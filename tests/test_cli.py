@@ -1,0 +1,97 @@
+"""The CLI as users run it: a subprocess against the simulator over loopback."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from conftest import SIM_KEY
+from processes import ROOT, ExporterProcess, wait_until
+
+from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+
+
+def _once(url: str, state: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    process = ExporterProcess(url, state, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "once"],
+        env=process.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_once_prints_a_summary_and_hands_everything_on(tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(prefill=150, history=1200.0, arrival_rate=0.0))
+    with SimulatorServer(simulator) as url:
+        result = _once(url, tmp_path / "state.sqlite")
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    finished = sum(simulator.finished_counts().values())
+    assert summary.startswith("ok:")
+    assert f"handed on {finished}," in summary
+    assert SIM_KEY not in result.stdout + result.stderr
+
+
+def test_once_fails_when_the_api_is_unreachable(tmp_path: Path) -> None:
+    result = _once("http://127.0.0.1:9", tmp_path / "state.sqlite", BEM_API_TIMEOUT="2s")
+    assert result.returncode == 1
+    assert "failed" in result.stdout
+    assert "cannot connect" in result.stdout
+
+
+def test_once_says_the_key_is_wrong(tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(arrival_rate=0.0))
+    with SimulatorServer(simulator) as url:
+        result = _once(url, tmp_path / "state.sqlite", BEM_API_KEY="wrong-key-123")
+    assert result.returncode == 1
+    assert "401" in result.stdout and "API key was rejected" in result.stdout
+    assert "wrong-key-123" not in result.stdout + result.stderr
+
+
+def test_run_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(prefill=50, history=600.0, arrival_rate=1.0))
+    with SimulatorServer(simulator) as url:
+        exporter = ExporterProcess(url, tmp_path / "state.sqlite").start()
+        wait_until(lambda: exporter.samples("bem_exporter_up") == {(): 1.0}, 20, what="bem_exporter_up 1")
+        assert httpx.get(f"{exporter.url}/healthz").status_code == 200
+        assert exporter.stop(signal.SIGTERM) == 0
+    log = exporter.log()
+    assert '"msg": "poll cycle"' in log
+    assert '"msg": "bem-exporter stopped"' in log
+
+
+def test_second_exporter_on_the_same_state_refuses(tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(arrival_rate=0.0))
+    with SimulatorServer(simulator) as url, ExporterProcess(url, tmp_path / "state.sqlite"):
+        second = _once(url, tmp_path / "state.sqlite")
+    assert second.returncode == 1
+    assert "in use by another bem-exporter process" in second.stderr
+
+
+def test_kill_9_mid_cycle_counts_every_call_once(tmp_path: Path) -> None:
+    """Kill the exporter at random instants while calls arrive and finish; after the last
+    restart the counters equal the simulator's truth: nothing lost, nothing counted twice."""
+    rng = random.Random(5)
+    simulator = Simulator(SimulatorConfig(prefill=300, history=1200.0, arrival_rate=20.0, speed=20.0, seed=9))
+    state = tmp_path / "state.sqlite"
+    with SimulatorServer(simulator) as url:
+        for _ in range(6):
+            exporter = ExporterProcess(url, state).start(ready=False)
+            time.sleep(rng.uniform(0.5, 2.5))
+            exporter.kill()
+        simulator.config.arrival_rate = 0.0
+        time.sleep(3.0)  # at speed 20 every call in flight finishes within seconds
+        final = ExporterProcess(url, state).start()
+        truth = Counter(simulator.finished_counts())
+        wait_until(lambda: final.calls_total() == dict(truth), 60, what="counters equal to the truth")
+        final.stop()
+    assert sum(truth.values()) > 300

@@ -76,6 +76,7 @@ class Poller:
         self._cursor = state.cursor()
         self._stopping = False
         self._held: tuple[str | None, int] | None = None
+        self._api_ok: bool | None = None
         self.last_listing_ok: float | None = None
         """Epoch seconds of the last successful list request (readiness)."""
         snapshot = state.snapshot(RECORDER)
@@ -107,6 +108,7 @@ class Poller:
             self._abandon_stuck(counts)
         except ApiError as failure:
             error = str(failure)
+        self._log_api_state(listing_ok, error)
         dropped = self._state.prune(self._clock() - self._settings.lookback - self._settings.interval)
         if dropped:
             self._observer.spans_dropped(dropped)
@@ -129,6 +131,14 @@ class Poller:
         )
         self._observer.cycle_done(report, now)
         return report
+
+    def _log_api_state(self, ok: bool, error: str | None) -> None:
+        """One line when the API becomes unreachable or reachable again, not one per cycle."""
+        if ok and self._api_ok is False:
+            log.info("bem API reachable again")
+        elif not ok and self._api_ok is not False:
+            log.warning("bem API unreachable; retrying every poll interval", extra={"error": error})
+        self._api_ok = ok
 
     # -- discovery -----------------------------------------------------------------------------
 
@@ -316,7 +326,8 @@ class Poller:
         try:
             return await self._client.get_trace(call.call_id)
         except ApiError as failure:
-            log.warning("trace fetch failed; retrying next cycle", extra={"error": str(failure)})
+            # Counted in the cycle's line (trace_fetch_failures); one line per call would flood.
+            log.debug("trace fetch failed; retrying next cycle", extra={"error": str(failure)})
             return None
 
     async def fetch_finished(self, call_ids: Sequence[str]) -> list[FinishedCall]:

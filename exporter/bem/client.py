@@ -157,7 +157,8 @@ class BemClient:
         for _ in range(page.rejected):
             self._observer.rejected_record("call")
         if page.rejected:
-            log.warning("skipped undecodable call records", extra={"endpoint": endpoint, "count": page.rejected})
+            # Counted (bem_exporter_rejected_records_total) and summed in the cycle's log line.
+            log.debug("skipped undecodable call records", extra={"endpoint": endpoint, "count": page.rejected})
         return page
 
     async def get_trace(self, call_id: str) -> Trace:

@@ -650,7 +650,9 @@ class _PlanBuilder:
             doc["workflowNodeName"] = fc.node.name
         if fc.label is not None:
             doc["incomingDestinationName"] = fc.label
-        if fc.source is None:
+        if fc.source is None and h.batch:
+            doc["inputs"] = h.input_doc()["batchFiles"]["inputs"]
+        elif fc.source is None:
             doc["inputType"] = h.input_type
             doc["s3URL"] = presigned_url(h.call_id, f"input.{h.input_type}", _mix(h.detail_seed))
         elif fc.item_offset is not None:

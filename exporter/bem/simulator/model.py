@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -61,6 +62,11 @@ class _Rendered:
         self.size = len(call) + len(trace)
 
 
+def _merged(lists: list[list[int]]) -> list[int]:
+    """Ascending lists of disjoint positions, merged."""
+    return lists[0] if len(lists) == 1 else list(heapq.merge(*lists))
+
+
 def _group_key(h: CallHeader) -> tuple[str, str, str]:
     if h.workflow is not None:
         return (h.call_type, "w", h.workflow.name)
@@ -98,7 +104,6 @@ class Simulator:
 
         began = time.perf_counter()
         now = self.now_ms()
-        self._started_ms = now
         for created in self._workload.prefill_times(config.prefill, now):
             self._add(self._workload.header(len(self._headers), created), now)
         self._next_arrival_ms = now + self._workload.next_gap_ms()
@@ -403,7 +408,7 @@ class Simulator:
             lists = [self._by_key.get((name, v), []) for v in values]
             size = sum(len(lst) for lst in lists)
             if size <= n // 4:
-                options.append((size, lambda lists=lists: list(heapq.merge(*lists)), name))  # type: ignore[misc]
+                options.append((size, partial(_merged, lists), name))
         if not options:
             return range(n), None
         _, make, exact = min(options, key=lambda option: option[0])

@@ -159,6 +159,10 @@ def _simulate(args: argparse.Namespace) -> int:
         failure_rate=args.failure_rate,
         api_key=None if args.no_auth else args.api_key,
     )
+    try:
+        config.validate()
+    except ValueError as error:
+        raise SettingsError(f"simulate: {error}") from None
     logs.setup("info", "auto")
     logging.getLogger("exporter").info("starting the bem API simulator")
     with contextlib.suppress(KeyboardInterrupt):

@@ -38,6 +38,8 @@ class Delivery:
         self._backlog: dict[str, FinishedCall] = {}
         self._evicted = state.count_unexported() > 0  # spans left undelivered by an earlier process
         self._wake = asyncio.Event()
+        if self._evicted:
+            self._wake.set()  # deliver what an earlier process left, without waiting for new work
         self._retry_delay = RETRY_MIN
         self._retry_at = 0.0
         self._healthy = True

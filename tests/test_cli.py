@@ -95,3 +95,28 @@ def test_kill_9_mid_cycle_counts_every_call_once(tmp_path: Path) -> None:
         wait_until(lambda: final.calls_total() == dict(truth), 60, what="counters equal to the truth")
         final.stop()
     assert sum(truth.values()) > 300
+
+
+def _check(url: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    process = ExporterProcess(url, tmp_path / "state.sqlite", env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "check"],
+        env=process.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_check_reaches_api_and_otlp_and_never_shows_the_key(tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(arrival_rate=0.0))
+    with SimulatorServer(simulator, prefix="/bem") as url:
+        good = _check(url, tmp_path, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=url)
+        bad = _check(url, tmp_path, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "api: ok" in good.stdout and "otlp: reachable" in good.stdout
+    assert bad.returncode == 1
+    assert "otlp: UNREACHABLE" in bad.stdout
+    for result in (good, bad):
+        assert SIM_KEY not in result.stdout + result.stderr

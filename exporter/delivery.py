@@ -124,7 +124,8 @@ class Delivery:
     def _failed(self, calls: int) -> None:
         self._observer.span_export_failed(calls)
         if self._healthy:
-            log.warning("span export failing; spans wait in the backlog", extra={"backlog": len(self._backlog)})
+            # The span exporter logs the outage itself, once; this adds the backlog's size.
+            log.info("span export failing; spans wait in the backlog", extra={"backlog": len(self._backlog)})
         else:
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
         self._healthy = False

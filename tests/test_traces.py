@@ -1,0 +1,408 @@
+"""The trace sink against real OTLP receivers: delivery, a backend that is down or gone,
+recovery with identical spans, console and none, and that nothing secret leaves."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+import pytest
+from otlp_receiver import GrpcReceiver, HttpReceiver, receiver_for
+
+from exporter.bem.decode import decode_call_page, decode_trace
+from exporter.config import TraceSettings
+from exporter.pipeline import FinishedCall, NullObserver
+from exporter.spans import SpanBuilder, make_resource
+from exporter.traces import (
+    OtlpSpanExporter,
+    build_span_exporter,
+    chunked,
+    grpc_insecure,
+    safe_endpoint,
+)
+
+TIMEOUT = 1.0
+SLACK = 1.5  # scheduling, connection set-up, the SDK's jittered backoff
+CONTENT = "DOC-CONTENT-51c9"
+PRESIGNED = "https://bucket.s3.us-east-1.amazonaws.com/in.pdf?X-Amz-Credential=AKIA&X-Amz-Signature=abc123"
+API_KEY = "bem_sk_live_0f4e9a7d2c"
+VENDOR_KEY = "vendor-ingest-key-88e1"
+FORBIDDEN = (CONTENT, PRESIGNED, "X-Amz-", "amazonaws", "s3URL", "outputDownloadURL", API_KEY)
+
+
+def payload(call_id: str = "call-7", status: str = "failed") -> FinishedCall:
+    """A realistic call whose JSON carries content, presigned URLs and the API key."""
+    call = {
+        "callID": call_id,
+        "status": status,
+        "createdAt": "2024-05-01T12:00:00Z",
+        "finishedAt": "2024-05-01T12:00:09Z",
+        "workflowName": "invoice-intake",
+        "workflowID": "wf-1",
+        "callReferenceID": "ref-7",
+        "url": PRESIGNED,
+        "traceUrl": PRESIGNED,
+        "input": {"singleFile": {"inputType": "pdf", "s3URL": PRESIGNED}},
+        "outputs": [{"eventID": "o", "transformedContent": {"total": CONTENT}, "s3URL": PRESIGNED}],
+        "errors": [{"eventID": "x", "message": "boom", "inputs": [{"inputContent": CONTENT}]}],
+    }
+    function_calls = [
+        {
+            "functionCallID": f"{call_id}-a",
+            "functionName": "classify-doc",
+            "type": "classify",
+            "status": "completed",
+            "startedAt": "2024-05-01T12:00:01Z",
+            "finishedAt": "2024-05-01T12:00:02Z",
+            "s3URL": PRESIGNED,
+            "inputs": [{"s3URL": PRESIGNED, "inputType": "pdf"}],
+        },
+        {
+            "functionCallID": f"{call_id}-b",
+            "functionName": "extract-invoice",
+            "type": "extract",
+            "status": "failed",
+            "startedAt": "2024-05-01T12:00:03Z",
+            "finishedAt": "2024-05-01T12:00:08Z",
+            "sourceEventID": f"{call_id}-e1",
+            "incomingDestinationName": "invoice",
+            "s3URL": PRESIGNED,
+        },
+    ]
+    events = [
+        {
+            "eventID": f"{call_id}-e1",
+            "eventType": "classify",
+            "createdAt": "2024-05-01T12:00:02Z",
+            "functionCallID": f"{call_id}-a",
+            "functionCallTryNumber": 1,
+            "transformedContent": {"class": CONTENT},
+            "inboundEmail": {"from": "a@example.com", "subject": CONTENT},
+            "s3URL": PRESIGNED,
+        },
+        {
+            "eventID": f"{call_id}-e2",
+            "eventType": "error",
+            "createdAt": "2024-05-01T12:00:07Z",
+            "functionCallID": f"{call_id}-b",
+            "functionCallTryNumber": 2,
+            "kind": "timeout",
+            "message": "model timed out",
+            "inputs": [{"inputContent": CONTENT + API_KEY, "jsonInputContent": {"k": CONTENT}}],
+            "outputDownloadURL": PRESIGNED,
+        },
+    ]
+    page = decode_call_page(json.dumps({"calls": [call]}).encode())
+    trace = decode_trace(json.dumps({"trace": {"functionCalls": function_calls, "events": events}}).encode())
+    return FinishedCall(page.calls[0], trace)
+
+
+BATCH = [payload("call-7"), payload("call-8", status="completed")]
+SPANS_IN_BATCH = 6
+
+
+@pytest.fixture(params=["grpc", "http/protobuf"])
+def receiver(request: pytest.FixtureRequest) -> Iterator[GrpcReceiver | HttpReceiver]:
+    with receiver_for(request.param) as started:
+        yield started
+
+
+def settings_for(receiver: GrpcReceiver | HttpReceiver, **overrides: Any) -> TraceSettings:
+    values: dict[str, Any] = {
+        "endpoint": receiver.endpoint,
+        "endpoint_configured": True,
+        "protocol": receiver.protocol,
+        "timeout": TIMEOUT,
+        "headers": (("X-Vendor-Key", VENDOR_KEY),),
+    }
+    values.update(overrides)
+    return TraceSettings(**values)
+
+
+def assert_clean(data: bytes | str) -> None:
+    text = data if isinstance(data, str) else data.decode("latin-1")
+    for marker in FORBIDDEN:
+        assert marker not in text, marker
+
+
+def timed_export(sink: Any, batch: Sequence[FinishedCall]) -> tuple[int | None, float]:
+    started = time.monotonic()
+    result = sink.export(batch)
+    return result, time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# OTLP
+# ---------------------------------------------------------------------------------------------
+
+
+def test_export_delivers_every_span(receiver: GrpcReceiver | HttpReceiver) -> None:
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    spans = receiver.spans()
+    assert len(spans) == SPANS_IN_BATCH
+    assert {s["name"] for s in spans} == {"RUN invoice-intake", "classify-doc", "extract-invoice"}
+    assert all(s["resource"]["service.name"] == "bem" for s in spans)
+    assert all(headers.get("x-vendor-key") == VENDOR_KEY for headers in receiver.headers())
+    assert_clean(receiver.raw_bytes())
+
+
+def test_nothing_secret_leaves(receiver: GrpcReceiver | HttpReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+        receiver.set_down()
+        assert sink.export(BATCH) is None
+    finally:
+        sink.shutdown()
+    raw = receiver.raw_bytes()
+    assert b"invoice-intake" in raw and b"timeout" in raw  # the grep does see the payload
+    assert_clean(raw)
+    assert_clean(caplog.text)
+    assert VENDOR_KEY not in caplog.text
+
+
+def test_backend_down_then_up_delivers_identical_spans(receiver: GrpcReceiver | HttpReceiver) -> None:
+    reference = build_span_exporter(settings_for(receiver), NullObserver())
+    assert reference.export(BATCH) == SPANS_IN_BATCH
+    reference.shutdown()
+    expected = receiver.spans()
+    receiver.clear()
+
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        receiver.set_down()
+        result, seconds = timed_export(sink, BATCH)
+        assert result is None
+        assert seconds < TIMEOUT + SLACK
+        assert receiver.attempts >= 1 and receiver.spans() == []
+        receiver.set_down(False)
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    assert receiver.spans() == expected
+
+
+def test_backend_gone_then_back_on_the_same_port(receiver: GrpcReceiver | HttpReceiver) -> None:
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        assert sink.export(BATCH[:1]) == 3
+        receiver.stop()
+        for _ in range(2):
+            result, seconds = timed_export(sink, BATCH)
+            assert result is None
+            assert seconds < TIMEOUT + SLACK
+        receiver.start()
+        receiver.clear()
+        # The next poll cycle comes seconds later; by then a gRPC channel's (capped, short)
+        # reconnect backoff has passed. Without the cap this fails about every other run.
+        time.sleep(0.6)
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    assert len(receiver.spans()) == SPANS_IN_BATCH
+
+
+def test_failures_are_logged_once_per_state_change(
+    receiver: GrpcReceiver | HttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        receiver.set_down()
+        for _ in range(3):
+            assert sink.export(BATCH) is None
+        receiver.set_down(False)
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    ours = [r for r in caplog.records if r.name == "exporter.traces"]
+    assert [r.levelno for r in ours] == [logging.WARNING, logging.INFO]
+    assert "failing" in ours[0].getMessage() and "recovered" in ours[1].getMessage()
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry") and r.levelno >= logging.WARNING]
+    assert VENDOR_KEY not in caplog.text
+
+
+class Recorder(NullObserver):
+    def __init__(self) -> None:
+        self.anomalies: list[str] = []
+
+    def trace_anomaly(self, kind: str) -> None:
+        self.anomalies.append(kind)
+
+
+def test_anomalies_count_once_per_delivered_call(receiver: GrpcReceiver | HttpReceiver) -> None:
+    odd = payload("call-9")
+    first, second = odd.trace.function_calls
+    two_roots = (first, msgspec.structs.replace(second, source_event_id=None))
+    odd = FinishedCall(odd.call, msgspec.structs.replace(odd.trace, function_calls=two_roots))
+    recorder = Recorder()
+    sink = build_span_exporter(settings_for(receiver), recorder)
+    try:
+        receiver.set_down()
+        assert sink.export([odd]) is None
+        assert sink.export([odd]) is None
+        assert recorder.anomalies == []
+        receiver.set_down(False)
+        assert sink.export([odd]) == 3
+    finally:
+        sink.shutdown()
+    assert recorder.anomalies == ["multiple_roots"]
+
+
+def test_large_batches_are_split_into_bounded_requests(
+    receiver: GrpcReceiver | HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.traces.MAX_ITEMS_PER_REQUEST", 4)
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    assert len(receiver.requests()) > 1
+    assert len(receiver.spans()) == SPANS_IN_BATCH
+
+
+def test_empty_batch() -> None:
+    with HttpReceiver() as receiver:
+        sink = build_span_exporter(settings_for(receiver), NullObserver())
+        assert sink.export([]) == 0
+        sink.shutdown()
+        assert receiver.attempts == 0
+
+
+def test_export_after_shutdown_fails_without_raising() -> None:
+    with HttpReceiver() as receiver:
+        sink = build_span_exporter(settings_for(receiver), NullObserver())
+        sink.shutdown()
+        sink.shutdown()
+        assert sink.export(BATCH) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Never raises, never stalls
+# ---------------------------------------------------------------------------------------------
+
+
+class _StuckSdkExporter:
+    """An SDK exporter that hangs like old releases did while backing off."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        self.calls += 1
+        self.release.wait(10)
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+class _RaisingSdkExporter(_StuckSdkExporter):
+    def export(self, spans: Sequence[Any]) -> Any:
+        raise RuntimeError("surprise")
+
+
+def _sink_with(delegate: Any, timeout: float = 0.3) -> OtlpSpanExporter:
+    settings = TraceSettings(endpoint="http://127.0.0.1:9/v1/traces", timeout=timeout)
+    return OtlpSpanExporter(SpanBuilder(resource=make_resource("bem")), settings, NullObserver(), delegate=delegate)
+
+
+def test_a_stuck_sdk_export_is_abandoned_after_the_timeout() -> None:
+    stuck = _StuckSdkExporter()
+    sink = _sink_with(stuck)
+    try:
+        result, seconds = timed_export(sink, BATCH)
+        assert result is None and seconds < 0.3 + 1.0 + 0.5
+        result, seconds = timed_export(sink, BATCH)  # still stuck: fail fast, queue nothing
+        assert result is None and seconds < 0.2
+        assert stuck.calls == 1
+        stuck.release.set()
+        time.sleep(0.1)
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+
+
+def test_an_sdk_exception_is_a_failed_export() -> None:
+    sink = _sink_with(_RaisingSdkExporter())
+    try:
+        assert sink.export(BATCH) is None
+    finally:
+        sink.shutdown()
+
+
+def test_a_span_building_bug_is_a_failed_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: SpanBuilder, finished: FinishedCall, anomalies: list[str] | None = None) -> list[Any]:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(SpanBuilder, "build", broken)
+    sink = _sink_with(_StuckSdkExporter())
+    try:
+        assert sink.export(BATCH) is None
+    finally:
+        sink.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# console and none
+# ---------------------------------------------------------------------------------------------
+
+
+def test_console_prints_one_json_line_per_span(capsys: pytest.CaptureFixture[str]) -> None:
+    sink = build_span_exporter(TraceSettings(exporter="console"), NullObserver())
+    assert sink.export(BATCH) == SPANS_IN_BATCH
+    sink.shutdown()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == SPANS_IN_BATCH
+    spans = [json.loads(line) for line in lines]
+    assert {s["name"] for s in spans} == {"RUN invoice-intake", "classify-doc", "extract-invoice"}
+    assert spans[0]["resource"]["attributes"]["service.name"] == "bem"
+    assert_clean(out)
+
+
+def test_none_accepts_and_drops(capsys: pytest.CaptureFixture[str]) -> None:
+    sink = build_span_exporter(TraceSettings(exporter="none"), NullObserver())
+    assert sink.export(BATCH) == 0
+    sink.shutdown()
+    assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grpc_security_follows_the_scheme() -> None:
+    assert grpc_insecure(TraceSettings(endpoint="http://collector:4317", protocol="grpc"))
+    assert not grpc_insecure(TraceSettings(endpoint="https://collector:4317", protocol="grpc", insecure=True))
+    assert grpc_insecure(TraceSettings(endpoint="collector:4317", protocol="grpc", insecure=True))
+    assert not grpc_insecure(TraceSettings(endpoint="collector:4317", protocol="grpc"))
+
+
+def test_safe_endpoint_hides_credentials() -> None:
+    assert safe_endpoint("https://user:pw@otlp.example.com:443/v1/traces?token=abc") == (
+        "https://otlp.example.com:443/v1/traces"
+    )
+
+
+def test_chunks_hold_at_least_one_span() -> None:
+    spans = SpanBuilder().build(BATCH[0])
+    sizes = [len(chunk) for chunk in chunked(spans, 1)]
+    assert sizes == [1, 1, 1]
+    assert [len(chunk) for chunk in chunked(spans, 100)] == [3]

@@ -112,8 +112,6 @@ def test_basic_auth_guards_metrics_only() -> None:
 
 def _self_signed(directory: Path) -> tuple[str, str]:
     """A certificate for 127.0.0.1 and localhost, and its key, as PEM files."""
-    crypto = pytest.importorskip("cryptography")
-    del crypto
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

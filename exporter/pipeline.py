@@ -59,13 +59,14 @@ class SpanExporter(Protocol):
     def shutdown(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CycleReport:
-    """What one poll cycle did; logged as one line and fed to the self-metrics."""
+    """What one poll cycle did; the poller fills it in as it goes. Logged as one line and fed
+    to the self-metrics."""
 
-    ok: bool
+    ok: bool = False
     """The listing succeeded (the exporter can see bem)."""
-    duration_seconds: float
+    duration_seconds: float = 0.0
     discovered: int = 0
     refreshed: int = 0
     finished: int = 0

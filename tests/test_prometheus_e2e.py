@@ -1,0 +1,485 @@
+"""End to end with a real Prometheus: the simulator (in this process) -> `bem-exporter run` (a
+subprocess) -> Prometheus (a subprocess, scraping every second, exemplar storage on, the
+shipped rule files loaded) -> PromQL over HTTP. No mocks.
+
+What Prometheus computes from the scrapes is compared with the simulator's ground truth:
+finished calls, failure ratios, function calls, exemplars naming real traces; across a
+SIGTERM and a kill -9 no counter resets; and every panel of the shipped dashboards returns
+data.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from otlp_receiver import HttpReceiver
+from processes import ROOT, ExporterProcess, wait_until
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_server import Labels, PrometheusServer, prometheus_binary
+
+from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+
+pytestmark = pytest.mark.skipif(
+    prometheus_binary() is None, reason="needs the prometheus binary (scripts/test installs it)"
+)
+
+RULE_FILES = sorted((ROOT / "prometheus" / "rules").glob("*.yaml"))
+FINISHED = ("completed", "failed")
+SPEED = 40.0
+"""Simulator time multiplier: the longest call (60 s queue + 300 s run) finishes in ~9 s."""
+
+PERSISTED = (
+    "bem_calls_total",
+    "bem_function_calls_total",
+    "bem_events_total",
+    "bem_call_errors_total",
+    "bem_call_duration_seconds_bucket",
+    "bem_call_duration_seconds_count",
+    "bem_call_duration_seconds_sum",
+    "bem_call_queue_seconds_bucket",
+    "bem_call_queue_seconds_count",
+    "bem_function_call_duration_seconds_bucket",
+    "bem_function_call_duration_seconds_count",
+    "bem_function_confidence_bucket",
+    "bem_function_confidence_count",
+    "bem_exporter_export_lag_seconds_count",
+)
+"""Counters and histogram series kept in the durable state: monotonic across restarts."""
+
+
+def trace_id(call_id: str) -> str:
+    return hashlib.sha256(f"bem.call:{call_id}".encode()).digest()[:16].hex()
+
+
+def span_id(function_call_id: str) -> str:
+    return hashlib.sha256(f"bem.function_call:{function_call_id}".encode()).digest()[:8].hex()
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def without(labels: Labels, *names: str) -> Labels:
+    return tuple((k, v) for k, v in labels if k not in names)
+
+
+def labels_tuple(labels: dict[str, str]) -> Labels:
+    return tuple(sorted(labels.items()))
+
+
+def series_labels(labels: Labels) -> Labels:
+    """Labels of a bem series with what Prometheus adds (name, job, instance) removed."""
+    return without(labels, "__name__", "job", "instance")
+
+
+@dataclass
+class Truth:
+    """What the simulator says happened, for the calls finished at the end of a run."""
+
+    calls: dict[tuple[str, str], int]
+    """(workflow_name, status) -> finished calls."""
+    by_trace: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """trace_id -> {workflow_name, status, duration} of each finished call."""
+    function_calls: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    """(workflow_name, function_name, function_type, status) -> function calls of finished calls."""
+    by_span: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """span_id -> {trace_id, labels, duration} of each function call of a finished call."""
+
+
+def ground_truth(simulator: Simulator) -> Truth:
+    truth = Truth(calls=simulator.finished_counts())
+    for call in simulator.calls():
+        if call["status"] not in FINISHED:
+            continue
+        workflow = call.get("workflowName") or "(none)"
+        tid = trace_id(call["callID"])
+        truth.by_trace[tid] = {
+            "workflow_name": workflow,
+            "status": call["status"],
+            "duration": seconds_between(call["createdAt"], call["finishedAt"]),
+        }
+        seen: set[str] = set()
+        for fc in simulator.trace(call["callID"])["functionCalls"]:
+            if fc["functionCallID"] in seen:
+                continue
+            seen.add(fc["functionCallID"])
+            key = (workflow, fc["functionName"], fc["type"], fc["status"])
+            truth.function_calls[key] += 1
+            if fc.get("startedAt") and fc.get("finishedAt"):
+                truth.by_span[span_id(fc["functionCallID"])] = {
+                    "trace_id": tid,
+                    "labels": key,
+                    "duration": seconds_between(fc["startedAt"], fc["finishedAt"]),
+                }
+    return truth
+
+
+def in_flight(simulator: Simulator) -> int:
+    counts = simulator.status_counts()
+    return int(counts.get("pending", 0) + counts.get("running", 0))
+
+
+def quiesce(simulator: Simulator, timeout: float = 30.0) -> None:
+    """Stop the arrivals and the faults, and wait until every call has finished."""
+    simulator.config.arrival_rate = 0.0
+    simulator.config.faults.rate_429 = 0.0
+    simulator.config.faults.rate_5xx = 0.0
+    time.sleep(0.2)  # an arrival already drawn may still land
+    wait_until(lambda: in_flight(simulator) == 0, timeout, interval=0.2, what="every simulated call finished")
+
+
+def settle(simulator: Simulator, exporter: ExporterProcess, prometheus: PrometheusServer) -> Truth:
+    """After `quiesce`: wait until the exporter and then Prometheus hold the final counts."""
+    truth = ground_truth(simulator)
+    wait_until(lambda: exporter.calls_total() == truth.calls, 30, what=f"the exporter's counts == {truth.calls}")
+    total = sum(truth.calls.values())
+    prometheus.wait_for("sum(bem_calls_total)", lambda v: v == total, 20, what=f"sum(bem_calls_total) == {total}")
+    prometheus.wait_scraped()
+    return truth
+
+
+def ingestion_errors(prometheus: PrometheusServer) -> dict[str, float]:
+    """Samples and exemplars Prometheus rejected while scraping (its own counters), by counter."""
+    own = httpx.get(f"{prometheus.url}/metrics", timeout=10).text
+    errors = {}
+    for name in (
+        "prometheus_target_scrapes_exemplar_out_of_order_total",
+        "prometheus_target_scrapes_sample_duplicate_timestamp_total",
+        "prometheus_target_scrapes_sample_out_of_bounds_total",
+        "prometheus_target_scrapes_sample_out_of_order_total",
+        "prometheus_tsdb_exemplar_out_of_order_exemplars_total",
+    ):
+        values = [float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", own, re.MULTILINE)]
+        assert values, f"Prometheus does not expose {name}"
+        if any(values):
+            errors[name] = sum(values)
+    return errors
+
+
+def shut_down(exporter: ExporterProcess, prometheus: PrometheusServer) -> None:
+    """Stop the exporter (SIGTERM, then SIGKILL if it hangs) and Prometheus, whatever happens."""
+    try:
+        if exporter.process is not None and exporter.process.poll() is None:
+            try:
+                exporter.stop()
+            except subprocess.TimeoutExpired:
+                exporter.kill()
+    finally:
+        prometheus.stop()
+
+
+def above(threshold: float | None) -> Callable[[float | None], bool]:
+    return lambda value: value is not None and threshold is not None and value > threshold
+
+
+def finite(values: dict[Labels, float]) -> dict[Labels, float]:
+    return {labels: value for labels, value in values.items() if math.isfinite(value)}
+
+
+# --- one run shared by the counting, exemplar, exposition and dashboard tests -------------------
+
+
+@dataclass
+class Run:
+    simulator: Simulator
+    exporter: ExporterProcess
+    prometheus: PrometheusServer
+    receiver: HttpReceiver
+    started: float
+    truth: Truth
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """Prefilled calls plus ~8 s of live arrivals (with 429s and 5xx injected for 2 s of it),
+    then quiet until every call has finished and Prometheus has scraped the final counts."""
+    directory = tmp_path_factory.mktemp("prometheus-e2e")
+    simulator = Simulator(SimulatorConfig(seed=17, prefill=150, history=600.0, arrival_rate=10.0, speed=SPEED))
+    with SimulatorServer(simulator) as url, HttpReceiver() as receiver:
+        env = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": receiver.protocol,
+        }
+        exporter = ExporterProcess(url, directory / "state.sqlite", env=env)
+        prometheus = PrometheusServer(
+            directory / "prometheus", [f"127.0.0.1:{exporter.port}"], rule_files=RULE_FILES
+        ).start()
+        try:
+            with prometheus.diagnose(exporter.log):
+                started = time.time()
+                exporter.start()
+                prometheus.wait_for("sum(bem_calls_total)", lambda v: bool(v), 30, what="a first scrape with calls")
+                time.sleep(2.0)
+                simulator.config.faults.rate_429 = 0.3
+                simulator.config.faults.rate_5xx = 0.2
+                time.sleep(2.0)
+                simulator.config.faults.rate_429 = 0.0
+                simulator.config.faults.rate_5xx = 0.0
+                time.sleep(3.0)
+                quiesce(simulator)
+                truth = settle(simulator, exporter, prometheus)
+                # Spans leave asynchronously: wait for the trace of every finished call, so that
+                # the exemplars can be checked against what the trace backend received.
+                wait_until(
+                    lambda: set(truth.by_trace) <= {span["trace_id"] for span in receiver.spans()},
+                    30,
+                    what="the trace of every finished call at the OTLP receiver",
+                )
+                prometheus.wait_rules_evaluated()
+            yield Run(simulator, exporter, prometheus, receiver, started, truth)
+        finally:
+            shut_down(exporter, prometheus)
+
+
+def diagnosed(test: Callable[[Run], None]) -> Callable[[Run], None]:
+    """Print Prometheus' log tail, its targets and the exporter's log when the test fails."""
+
+    @functools.wraps(test)
+    def wrapper(run: Run) -> None:
+        with run.prometheus.diagnose(run.exporter.log):
+            test(run)
+
+    return wrapper
+
+
+@diagnosed
+def test_prometheus_sees_every_finished_call_once(run: Run) -> None:
+    prometheus, truth = run.prometheus, run.truth
+    assert sum(truth.calls.values()) > 150
+    assert prometheus.scalar("sum(bem_calls_total)") == sum(truth.calls.values())
+
+    by_series = prometheus.vector("sum by (workflow_name, status) (bem_calls_total)")
+    seen = {(dict(k)["workflow_name"], dict(k)["status"]): int(v) for k, v in by_series.items() if v}
+    assert seen == truth.calls
+
+    ratio = finite(
+        prometheus.vector(
+            'sum by (workflow_name) (bem_calls_total{status="failed"}) / sum by (workflow_name) (bem_calls_total)'
+        )
+    )
+    expected = {}
+    for workflow in {w for w, _ in truth.calls}:
+        failed, completed = truth.calls.get((workflow, "failed"), 0), truth.calls.get((workflow, "completed"), 0)
+        expected[workflow] = failed / (failed + completed)
+    assert {dict(k)["workflow_name"]: v for k, v in ratio.items()} == pytest.approx(expected, abs=1e-12)
+    assert any(0 < v < 1 for v in expected.values())
+
+
+@diagnosed
+def test_histogram_counts_match_the_counters(run: Run) -> None:
+    prometheus = run.prometheus
+    calls = {series_labels(k): v for k, v in prometheus.vector("bem_calls_total").items()}
+    counts = {series_labels(k): v for k, v in prometheus.vector("bem_call_duration_seconds_count").items()}
+    infinity = {
+        without(series_labels(k), "le"): v
+        for k, v in prometheus.vector('bem_call_duration_seconds_bucket{le="+Inf"}').items()
+    }
+    assert counts == calls
+    assert infinity == calls
+    assert len(calls) >= 2 * len({w for w, _ in run.truth.calls}), "both statuses of every workflow exist"
+
+    functions = {series_labels(k): v for k, v in prometheus.vector("bem_function_calls_total").items()}
+    durations = {series_labels(k): v for k, v in prometheus.vector("bem_function_call_duration_seconds_count").items()}
+    # Every function call of the simulator has startedAt and finishedAt once its call finished.
+    assert {k: v for k, v in durations.items() if v} == {k: v for k, v in functions.items() if v}
+
+
+@diagnosed
+def test_function_calls_match_the_traces_of_finished_calls(run: Run) -> None:
+    prometheus, truth = run.prometheus, run.truth
+    total = sum(truth.function_calls.values())
+    assert total > sum(truth.calls.values()), "calls run more than one function call"
+    assert prometheus.scalar("sum(bem_function_calls_total)") == total
+
+    by_series = prometheus.vector(
+        "sum by (workflow_name, function_name, function_type, status) (bem_function_calls_total)"
+    )
+    seen = {
+        (dict(k)["workflow_name"], dict(k)["function_name"], dict(k)["function_type"], dict(k)["status"]): int(v)
+        for k, v in by_series.items()
+        if v
+    }
+    assert seen == dict(truth.function_calls)
+
+
+@diagnosed
+def test_exemplars_name_real_traces_of_finished_calls(run: Run) -> None:
+    prometheus, truth = run.prometheus, run.truth
+    end = time.time() + 1
+    found = prometheus.query_exemplars("bem_call_duration_seconds_bucket", run.started - 60, end)
+    exemplars = [(series["seriesLabels"], e) for series in found for e in series["exemplars"]]
+    assert exemplars, "no exemplars stored: is the exporter serving OpenMetrics to Prometheus?"
+    received = {span["trace_id"] for span in run.receiver.spans()}
+    with_exemplar: set[Labels] = set()
+    for series, exemplar in exemplars:
+        tid = exemplar["labels"]["trace_id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", tid), tid
+        assert tid in truth.by_trace, f"{tid} is not the trace id of a finished call"
+        call = truth.by_trace[tid]
+        assert (series["workflow_name"], series["status"]) == (call["workflow_name"], call["status"])
+        assert float(exemplar["value"]) == pytest.approx(call["duration"], abs=0.002)
+        assert float(exemplar["value"]) <= float(series["le"])
+        assert tid in received, "the exemplar links to a trace the backend never got"
+        with_exemplar.add(series_labels(labels_tuple(series)))
+
+    # Every bucket that counted a call carries an exemplar (the latest call that fell into it).
+    filled = set()
+    buckets = prometheus.vector("bem_call_duration_seconds_bucket")
+    by_series: dict[Labels, list[tuple[float, float, Labels]]] = {}
+    for labels, value in buckets.items():
+        clean = series_labels(labels)
+        le = float(dict(clean)["le"])
+        by_series.setdefault(without(clean, "le"), []).append((le, value, clean))
+    for rows in by_series.values():
+        previous = 0.0
+        for _, cumulative, clean in sorted(rows):
+            if cumulative > previous:
+                filled.add(clean)
+            previous = cumulative
+    assert filled and filled <= with_exemplar, f"buckets without an exemplar: {sorted(filled - with_exemplar)[:5]}"
+
+
+@diagnosed
+def test_function_exemplars_name_the_function_calls_span(run: Run) -> None:
+    prometheus, truth = run.prometheus, run.truth
+    found = prometheus.query_exemplars("bem_function_call_duration_seconds_bucket", run.started - 60, time.time() + 1)
+    exemplars = [(series["seriesLabels"], e) for series in found for e in series["exemplars"]]
+    assert exemplars
+    for series, exemplar in exemplars:
+        sid = exemplar["labels"]["span_id"]
+        assert sid in truth.by_span, f"{sid} is not the span id of a function call of a finished call"
+        function_call = truth.by_span[sid]
+        assert exemplar["labels"]["trace_id"] == function_call["trace_id"]
+        labels = (series["workflow_name"], series["function_name"], series["function_type"], series["status"])
+        assert labels == function_call["labels"]
+        assert float(exemplar["value"]) == pytest.approx(function_call["duration"], abs=0.002)
+
+
+@diagnosed
+def test_exposition_passes_promtool_and_prometheus_ingests_it_cleanly(run: Run) -> None:
+    text = run.exporter.metrics()
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
+
+    # promtool 2.x parses only the text format (it reads an exemplar as a malformed timestamp),
+    # so OpenMetrics is checked by prometheus_client's strict parser and by Prometheus itself.
+    openmetrics = run.exporter.metrics(openmetrics=True)
+    assert openmetrics.endswith("# EOF\n")
+    families = {family.name: family for family in parse_openmetrics(openmetrics)}  # type: ignore[no-untyped-call]
+    assert {"bem_calls", "bem_call_duration_seconds", "bem_function_calls"} <= set(families)
+    assert any(s.exemplar is not None for s in families["bem_call_duration_seconds"].samples)
+
+    targets = run.prometheus.active_targets()
+    assert [(t["health"], t["lastError"]) for t in targets] == [("up", "")]
+    assert ingestion_errors(run.prometheus) == {}
+
+
+# --- restarts ----------------------------------------------------------------------------------
+
+
+def test_restarts_neither_double_count_nor_reset_counters(tmp_path: Path) -> None:
+    """With Prometheus scraping throughout, the exporter is stopped with SIGTERM and later
+    killed with -9 while calls arrive and run, and restarted each time on the same state file
+    and port. The counters continue where they were: the last value equals the truth, and
+    Prometheus sees no counter reset in any persisted series, while it does see the restarts
+    (the process start time changes, the self-metrics restart at zero)."""
+    simulator = Simulator(SimulatorConfig(seed=23, prefill=120, history=600.0, arrival_rate=12.0, speed=SPEED))
+    with SimulatorServer(simulator) as url:
+        exporter = ExporterProcess(url, tmp_path / "state.sqlite")
+        prometheus = PrometheusServer(tmp_path / "prometheus", [f"127.0.0.1:{exporter.port}"]).start()
+        try:
+            with prometheus.diagnose(exporter.log):
+                started = time.time()
+                exporter.start()
+                prometheus.wait_for("sum(bem_calls_total)", lambda v: bool(v), 30, what="a first scrape with calls")
+                for how in (signal.SIGTERM, signal.SIGKILL):
+                    time.sleep(1.5)
+                    prometheus.wait_scraped()
+                    assert in_flight(simulator) > 0, "stopping mid-way through the workload"
+                    before = prometheus.scalar("sum(bem_calls_total)")
+                    code = exporter.stop(how)
+                    assert code == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+                    time.sleep(1.5)  # calls finish while it is down
+                    exporter.start()
+                    prometheus.wait_for("sum(bem_calls_total)", above(before), 20, what=f"more than {before} calls")
+                quiesce(simulator)
+                truth = settle(simulator, exporter, prometheus)
+
+                window = f"{math.ceil(time.time() - started) + 10}s"
+                assert prometheus.scalar("sum(bem_calls_total)") == sum(truth.calls.values())
+                last = prometheus.vector("sum by (workflow_name, status) (bem_calls_total)")
+                assert {(dict(k)["workflow_name"], dict(k)["status"]): int(v) for k, v in last.items() if v} == (
+                    truth.calls
+                )
+                # Prometheus saw three processes and the self-metrics start from zero each time.
+                assert prometheus.scalar(f"changes(process_start_time_seconds[{window}])") == 2
+                assert (prometheus.scalar(f"resets(bem_exporter_poll_duration_seconds_count[{window}])") or 0) >= 1
+                # ...but no persisted counter or histogram series ever went down.
+                for name in PERSISTED:
+                    resets = prometheus.vector(f"resets({name}[{window}])")
+                    assert resets, f"no {name} series"
+                    assert {k: v for k, v in resets.items() if v} == {}, f"{name} was reset"
+                persisted = "|".join(PERSISTED)
+                samples = prometheus.matrix(f'{{__name__=~"{persisted}"}}[{window}]')
+                assert len(samples) > 100
+                for labels, points in samples.items():
+                    values = [v for _, v in points]
+                    assert values == sorted(values), f"{dict(labels)} went down: {values}"
+                # Exemplars stamped at scrape time never go backwards, not even across restarts.
+                assert ingestion_errors(prometheus) == {}
+        finally:
+            shut_down(exporter, prometheus)
+
+
+# --- the shipped dashboards --------------------------------------------------------------------
+
+
+@diagnosed
+def test_every_dashboard_query_returns_data(run: Run) -> None:
+    """Each PromQL query of each panel of grafana/dashboards/*.json, run as Grafana runs it (a
+    range query over the dashboard's time range, here the run) against this Prometheus with
+    the shipped recording rules loaded, returns at least one finite value."""
+    dashboards = pytest.importorskip("dashboards")
+    # The workflow dashboard matches `workflow_name="$workflow"`: pick the busiest workflow.
+    calls: Counter[str] = Counter()
+    for (workflow, _), count in run.truth.calls.items():
+        if workflow != "(none)":
+            calls[workflow] += count
+    workflow = calls.most_common(1)[0][0]
+    queries = dashboards.dashboard_queries({"workflow": workflow})
+    assert len(queries) > 50
+
+    prometheus = run.prometheus
+    start, end = run.started - 5, time.time()
+    empty = []
+    for uid, title, expr in queries:
+        values = prometheus.query_range(expr, start, end, step=1.0)
+        if not any(math.isfinite(v) for points in values.values() for _, v in points):
+            empty.append(f"{uid} / {title}: {' '.join(expr.split())} ({'all NaN' if values else 'no series'})")
+        elif not any(math.isfinite(v) and v != 0 for points in values.values() for _, v in points):
+            print(f"only zeros: {uid} / {title}: {' '.join(expr.split())}")
+    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+    # The template variables offer values, and the annotations are valid queries.
+    for uid, name, selector in dashboards.variable_queries():
+        selector = selector.replace('workflow_name=".*"', f'workflow_name="{workflow}"')
+        assert prometheus.series([selector], start, end), f"{uid}: variable {name} ({selector}) has no values"
+    for _, _, expr in dashboards.annotation_queries():
+        prometheus.query_range(expr, start, end, step=1.0)

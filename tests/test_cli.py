@@ -59,8 +59,8 @@ def test_once_says_the_key_is_wrong(tmp_path: Path) -> None:
 
 def test_run_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
     simulator = Simulator(SimulatorConfig(prefill=50, history=600.0, arrival_rate=1.0))
-    with SimulatorServer(simulator) as url:
-        exporter = ExporterProcess(url, tmp_path / "state.sqlite").start()
+    # The exporter is killed on the way out if a check fails.
+    with SimulatorServer(simulator) as url, ExporterProcess(url, tmp_path / "state.sqlite") as exporter:
         wait_until(lambda: exporter.samples("bem_exporter_up") == {(): 1.0}, 20, what="bem_exporter_up 1")
         assert httpx.get(f"{exporter.url}/healthz").status_code == 200
         assert exporter.stop(signal.SIGTERM) == 0
@@ -90,10 +90,9 @@ def test_kill_9_mid_cycle_counts_every_call_once(tmp_path: Path) -> None:
             exporter.kill()
         simulator.config.arrival_rate = 0.0
         time.sleep(3.0)  # at speed 20 every call in flight finishes within seconds
-        final = ExporterProcess(url, state).start()
         truth = Counter(simulator.finished_counts())
-        wait_until(lambda: final.calls_total() == dict(truth), 60, what="counters equal to the truth")
-        final.stop()
+        with ExporterProcess(url, state) as final:
+            wait_until(lambda: final.calls_total() == dict(truth), 60, what="counters equal to the truth")
     assert sum(truth.values()) > 300
 
 

@@ -77,6 +77,11 @@ def test_second_exporter_on_the_same_state_refuses(tmp_path: Path) -> None:
     assert "in use by another bem-exporter process" in second.stderr
 
 
+def _all_finished(simulator: Simulator) -> bool:
+    counts = simulator.status_counts()
+    return counts.get("pending", 0) + counts.get("running", 0) == 0
+
+
 def test_kill_9_mid_cycle_counts_every_call_once(tmp_path: Path) -> None:
     """Kill the exporter at random instants while calls arrive and finish; after the last
     restart the counters equal the simulator's truth: nothing lost, nothing counted twice."""
@@ -89,7 +94,7 @@ def test_kill_9_mid_cycle_counts_every_call_once(tmp_path: Path) -> None:
             time.sleep(rng.uniform(0.5, 2.5))
             exporter.kill()
         simulator.config.arrival_rate = 0.0
-        time.sleep(3.0)  # at speed 20 every call in flight finishes within seconds
+        wait_until(lambda: _all_finished(simulator), 60, what="every simulated call finished")
         truth = Counter(simulator.finished_counts())
         with ExporterProcess(url, state) as final:
             wait_until(lambda: final.calls_total() == dict(truth), 60, what="counters equal to the truth")

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from exporter.config import TraceSettings
+from exporter.otlp import grpc_exporter_class, http_exporter_class
 from exporter.pipeline import FinishedCall, Observer, SpanExporter
 from exporter.spans import SpanBuilder, make_resource
 
@@ -248,11 +249,9 @@ def sdk_span_exporter(settings: TraceSettings) -> SdkSpanExporter:
     """The SDK's OTLP exporter for `settings.protocol`, configured only from `settings`."""
     # gRPC metadata keys must be lowercase; HTTP header names are case-insensitive anyway.
     headers = {key.strip().lower(): value for key, value in settings.headers}
+    # The SDK's exporters with our encoder in place of theirs (exporter/otlp.py: 6x cheaper).
     if settings.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
+        GrpcExporter = grpc_exporter_class()  # noqa: N806
         return GrpcExporter(
             endpoint=settings.endpoint,
             insecure=grpc_insecure(settings),
@@ -260,10 +259,7 @@ def sdk_span_exporter(settings: TraceSettings) -> SdkSpanExporter:
             timeout=settings.timeout,
             channel_options=GRPC_CHANNEL_OPTIONS,  # type: ignore[arg-type]  # the SDK's hint is too narrow
         )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
-    )
-
+    HttpExporter = http_exporter_class()  # noqa: N806
     return HttpExporter(endpoint=settings.endpoint, headers=headers, timeout=settings.timeout)
 
 

@@ -22,6 +22,7 @@ import httpx
 
 from exporter import __version__
 from exporter.bem.decode import CallPage, DecodeError, decode_call_page, decode_trace, decode_v2_trace
+from exporter.bem.http import AiohttpClient
 from exporter.bem.models import Trace
 from exporter.config import ApiSettings
 from exporter.pipeline import NullObserver, Observer
@@ -126,16 +127,28 @@ class BemClient:
         headers = {"user-agent": f"bem-exporter/{__version__}", "accept": "application/json"}
         if settings.key is not None:
             headers["x-api-key"] = settings.key.get()
-        self._http = httpx.AsyncClient(
-            base_url=settings.url + "/",
-            headers=headers,
-            timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
-            limits=httpx.Limits(
-                max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
-            ),
-            transport=transport,
-            follow_redirects=False,
-        )
+        # aiohttp unless a test hands in an httpx transport: httpx costs ~8x the CPU per request
+        # (exporter/bem/http.py, docs/performance.md).
+        self._http: httpx.AsyncClient | AiohttpClient
+        if transport is None:
+            self._http = AiohttpClient(
+                settings.url + "/",
+                headers,
+                timeout=settings.timeout,
+                connect_timeout=min(settings.timeout, 10.0),
+                max_connections=settings.max_concurrency,
+            )
+        else:
+            self._http = httpx.AsyncClient(
+                base_url=settings.url + "/",
+                headers=headers,
+                timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
+                limits=httpx.Limits(
+                    max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
+                ),
+                transport=transport,
+                follow_redirects=False,
+            )
         self._version = settings.version
 
     async def __aenter__(self) -> BemClient:
@@ -151,9 +164,17 @@ class BemClient:
     def version(self) -> str:
         return self._version
 
-    async def list_calls(self, query: ListQuery) -> CallPage:
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoint templates this client requests (the `endpoint` label of its metrics)."""
+        if self._version == "v2":
+            return ("/v2/calls", "/v2/calls/{callID}")
+        return ("/v3/calls", "/v3/calls/{callID}/trace")
+
+    async def list_calls(self, query: ListQuery, *, attempts: int | None = None) -> CallPage:
+        """One page of calls. `attempts` overrides the number of tries (1: a single probe)."""
         endpoint = f"/{self._version}/calls"
-        page = await self._get(endpoint, f"{self._version}/calls", query.params(), decode_call_page)
+        page = await self._get(endpoint, f"{self._version}/calls", query.params(), decode_call_page, attempts)
         for _ in range(page.rejected):
             self._observer.rejected_record("call")
         if page.rejected:
@@ -173,11 +194,19 @@ class BemClient:
             self._observer.rejected_record("trace_record")
         return trace
 
-    async def _get(self, endpoint: str, path: str, params: dict[str, str] | None, decode: Callable[[bytes], T]) -> T:
+    async def _get(
+        self,
+        endpoint: str,
+        path: str,
+        params: dict[str, str] | None,
+        decode: Callable[[bytes], T],
+        attempts: int | None = None,
+    ) -> T:
         """GET and decode, with limits and retries. `endpoint` is the template used in metrics
         and errors. A body that is not the expected JSON (truncated, garbled) is retried too."""
         delay = BACKOFF_BASE
-        for attempt in range(1, self._max_attempts + 1):
+        max_attempts = attempts or self._max_attempts
+        for attempt in range(1, max_attempts + 1):
             retry_after: float | None = None
             async with self._limit:
                 await self._rate.acquire()
@@ -188,7 +217,7 @@ class BemClient:
                 except httpx.TransportError as error:
                     self._observer.api_request(endpoint, "error", time.monotonic() - started)
                     reason = _transport_reason(error)
-                    if attempt == self._max_attempts:
+                    if attempt == max_attempts:
                         raise ApiError(endpoint, f"{reason} (after {attempt} attempts)") from None
                 else:
                     status = response.status_code
@@ -198,12 +227,12 @@ class BemClient:
                             return decode(body)
                         except DecodeError as error:
                             self._observer.rejected_record("response")
-                            if attempt == self._max_attempts:
+                            if attempt == max_attempts:
                                 raise ApiError(endpoint, f"{error} (after {attempt} attempts)", status) from None
                             log.debug("malformed response, retrying", extra={"endpoint": endpoint})
                     if status != 429 and status < 500:
                         raise ApiError(endpoint, _client_error(status), status)
-                    if attempt == self._max_attempts:
+                    if attempt == max_attempts:
                         raise ApiError(endpoint, f"HTTP {status} (after {attempt} attempts)", status)
                     retry_after = _retry_after(response.headers.get("retry-after"))
             # Sleep outside the concurrency slot so other requests can go on meanwhile.

@@ -1,0 +1,513 @@
+"""bem-exporter benchmark: CPU per function call against the floor, API requests per call,
+memory at 20k and 200k calls, backfill against the concurrency ceiling, and freshness.
+
+    python bench/run.py                  # the full run (about 10 minutes on 2 cores)
+    python bench/run.py --quick          # 2,000 calls, 20,000 for memory, short live run
+    python bench/run.py --calls 200 --large 400 --backfill-calls 200 --live 8 --name smoke
+
+Every figure comes from real processes on loopback: the bem API simulator
+(`bem-exporter simulate`) and an OTLP/HTTP receiver (`bench/receiver.py`) each run in their own
+process, the exporter in a third (`bench/worker.py`), whose CPU alone is measured
+(`getrusage`, user + system, from the start of the poll cycle until the last span was
+accepted). Prints a table and writes everything to `bench/results/<name>.json`.
+See docs/performance.md for what the figures mean and what limits each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+
+WORKFLOWS = ["invoice-intake", "claims-triage", "contract-review"]
+"""The simulator's workflows whose calls have 5 to 10 function calls (a few fail early, with
+fewer); the exporter watches only these (`BEM_WORKFLOWS`), so the listing is filtered by the
+API, as a user's would be."""
+WORKFLOW_SHARE = 0.53
+"""About this share of the simulator's calls belong to WORKFLOWS (seeded, so stable)."""
+SPEED = 100.0
+"""Simulator time multiplier for the finished workloads: every call finishes within 3.6 s."""
+MAX_RPS = 100_000
+"""BEM_MAX_RPS for the benchmark: high enough never to limit (the default, 50, is a politeness
+limit for the real API and would cap the backfill at 50 requests/s)."""
+MAX_CONCURRENCY = 16
+"""BEM_MAX_CONCURRENCY (the default)."""
+
+TARGETS = {
+    "cpu_ratio": 1.5,
+    "requests_per_call": 1.05,
+    "backfill_share": 0.80,
+    "rss_growth": 0.10,
+    "freshness_slack_s": 1.0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("BEM_", "OTEL_"))}
+    base["PYTHONPATH"] = str(ROOT) + os.pathsep + base.get("PYTHONPATH", "")
+    return base
+
+
+class Simulator:
+    """`bem-exporter simulate` in its own process."""
+
+    def __init__(self, *, prefill: int, rate: float, latency: float, speed: float, history: str, seed: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable, "-m", "exporter", "simulate",
+            "--listen", f"127.0.0.1:{self.port}", "--prefill", str(prefill), "--rate", str(rate),
+            "--latency", str(latency), "--speed", str(speed), "--history", history, "--seed", str(seed),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.client = httpx.Client(base_url=self.url, headers={"x-api-key": "sim-key"}, timeout=60)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(
+                    f"simulator exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
+                )
+            try:
+                self.client.get("/v3/calls", params={"limit": "1"})
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("simulator did not start") from None
+                time.sleep(0.2)
+
+    def total(self, statuses: str | None = None) -> int:
+        params = {"limit": "1", "workflowNames": ",".join(WORKFLOWS)}
+        if statuses:
+            params["statuses"] = statuses
+        return int(self.client.get("/v3/calls", params=params).json()["totalCount"])
+
+    def wait_finished(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.total("pending,running") and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+class Receiver:
+    """`bench/receiver.py` in its own process."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(BENCH / "receiver.py")], env=env(), cwd=ROOT, stdout=subprocess.PIPE
+        )
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        self.endpoint = f"http://127.0.0.1:{self.port}/v1/traces"
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=60).json())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def worker(mode: str, config: dict[str, Any], workdir: Path, py_spy: str | None = None) -> dict[str, Any]:
+    path = workdir / f"{mode}-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(config))
+    command = [sys.executable, str(BENCH / "worker.py"), mode, str(path)]
+    if py_spy:
+        # Every thread, native frames left out; collapsed stacks (flamegraph.pl / speedscope input).
+        command = ["py-spy", "record", "--format", "raw", "--gil", "--rate", "250", "--output", py_spy, "--", *command]
+    done = subprocess.run(
+        command,
+        env=env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"worker {mode} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    return dict(json.loads(lines[-1]))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# -- phases ----------------------------------------------------------------------------------------
+
+
+def finished_workload(
+    calls: int,
+    *,
+    latency: float,
+    seed: int,
+    workdir: Path,
+    floor: bool = False,
+    profile: str | None = None,
+    py_spy: str | None = None,
+) -> dict[str, Any]:
+    """Backfill `calls` finished calls (about) from a fresh state, against a receiver."""
+    prefill = int(calls / WORKFLOW_SHARE) + 1
+    simulator = Simulator(prefill=prefill, rate=0, latency=latency, speed=SPEED, history="2h", seed=seed)
+    receiver = Receiver()
+    try:
+        simulator.wait_finished()
+        available = simulator.total()
+        config = {
+            "api_url": simulator.url,
+            "workflows": WORKFLOWS,
+            "state_path": str(workdir / f"state-{time.monotonic_ns()}.sqlite"),
+            "lookback": "3h",
+            "otlp_endpoint": receiver.endpoint,
+            "max_rps": MAX_RPS,
+            "max_concurrency": MAX_CONCURRENCY,
+            "floor": floor and not py_spy,  # the profile is of the exporter alone
+            "profile": profile,
+        }
+        result = worker("throughput", config, workdir, py_spy)
+        stats = receiver.stats()
+        result["available_calls"] = available
+        result["received"] = {key: value for key, value in stats.items() if key != "lags"}
+    finally:
+        receiver.stop()
+        simulator.stop()
+    return result
+
+
+def live_run(duration: float, rate: float, poll_interval: float, seed: int, workdir: Path) -> dict[str, Any]:
+    """`run` against a simulator with arrivals: finished -> counted and -> span received."""
+    simulator = Simulator(prefill=0, rate=rate, latency=0.0, speed=6.0, history="1m", seed=seed)
+    receiver = Receiver()
+    try:
+        config = {
+            "api_url": simulator.url,
+            "workflows": WORKFLOWS,
+            "state_path": str(workdir / f"state-live-{time.monotonic_ns()}.sqlite"),
+            "lookback": "10m",
+            "poll_interval": poll_interval,
+            "otlp_endpoint": receiver.endpoint,
+            "max_rps": MAX_RPS,
+            "max_concurrency": MAX_CONCURRENCY,
+            "duration": duration,
+        }
+        result = worker("live", config, workdir)
+        stats = receiver.stats()
+    finally:
+        receiver.stop()
+        simulator.stop()
+    # Calls that finished before the exporter's first cycle wait for it, not for the loop.
+    warm = result["started"] + poll_interval + 1.0
+    counted = [lag for finished, lag in result["counter_lags"] if finished >= warm]
+    exported = [lag_ns / 1e9 for end_ns, lag_ns in stats["lags"] if end_ns / 1e9 >= warm]
+    return {
+        "ok": result["ok"],
+        "duration_s": duration,
+        "arrival_rate": rate,
+        "poll_interval_s": poll_interval,
+        "counted_calls": len(counted),
+        "exported_calls": len(exported),
+        "counter_p50_s": percentile(counted, 0.5),
+        "counter_p99_s": percentile(counted, 0.99),
+        "counter_max_s": max(counted) if counted else None,
+        "span_p50_s": percentile(exported, 0.5),
+        "span_p99_s": percentile(exported, 0.99),
+        "span_max_s": max(exported) if exported else None,
+    }
+
+
+# -- figures -----------------------------------------------------------------------------------------
+
+
+def throughput_figures(run: dict[str, Any]) -> dict[str, Any]:
+    calls = run["handed_on"]
+    received = run["received"]
+    function_calls = received["spans"] - received["call_spans"]
+    cpu_s = run["cpu_user_s"] + run["cpu_sys_s"]
+    requests = sum(run["requests"].values())
+    figures: dict[str, Any] = {
+        "calls": calls,
+        "function_calls": function_calls,
+        "function_calls_per_call": function_calls / calls if calls else None,
+        "spans": received["spans"],
+        "span_events": received["span_events"],
+        "otlp_bytes": received["bytes"],
+        "otlp_requests": received["requests"],
+        "cpu_s": cpu_s,
+        "cpu_user_s": run["cpu_user_s"],
+        "cpu_sys_s": run["cpu_sys_s"],
+        "wall_s": run["wall_s"],
+        "cpu_us_per_function_call": cpu_s / function_calls * 1e6 if function_calls else None,
+        "cpu_us_per_call": cpu_s / calls * 1e6 if calls else None,
+        "calls_per_cpu_s": calls / cpu_s if cpu_s else None,
+        "spans_per_cpu_s": received["spans"] / cpu_s if cpu_s else None,
+        "api_requests": run["requests"],
+        "api_requests_total": requests,
+        "api_requests_per_call": requests / calls if calls else None,
+        "api_requests_minimum": calls + calls // 100 + 1,
+        "api_requests_per_call_minimum": (calls + calls // 100 + 1) / calls if calls else None,
+        "peak_rss_mb": run["peak_rss_bytes"] / 2**20,
+        "rss_before_mb": run["rss_before_bytes"] / 2**20,
+        "rss_after_mb": run["rss_after_bytes"] / 2**20,
+        "rss_after_gc_mb": run["rss_after_gc_bytes"] / 2**20,
+        "max_span_backlog": run.get("max_span_backlog"),
+        "complete": run["ok"] and calls == run["available_calls"] and received["call_spans"] >= calls,
+    }
+    floor = run.get("floor")
+    if floor:
+        floor_fc = floor["function_calls"]
+        per_fc = {
+            key.removesuffix("_s"): floor[key] / floor_fc * 1e6
+            for key in (
+                "json_loads_s",
+                "decode_s",
+                "build_s",
+                "encode_s",
+                "total_s",
+                "encode_direct_s",
+                "total_direct_s",
+            )
+        }
+        figures["floor_us_per_function_call"] = per_fc
+        figures["floor_otlp_bytes"] = floor["otlp_bytes"]
+        figures["floor_calls"] = floor["calls"]
+        figures["cpu_ratio"] = figures["cpu_us_per_function_call"] / per_fc["total"]
+        figures["cpu_ratio_direct"] = figures["cpu_us_per_function_call"] / per_fc["total_direct"]
+    return figures
+
+
+def machine() -> dict[str, Any]:
+    model = cores = None
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
+        fields = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in lines if ":" in line}
+        model, cores = fields.get("Model name"), fields.get("CPU(s)")
+    except OSError:
+        pass
+    return {
+        "cpu_model": model or platform.processor(),
+        "cpus": int(cores) if cores else os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def verdicts(result: dict[str, Any]) -> dict[str, bool | None]:
+    main, backfill, live = (result.get(k) for k in ("throughput", "backfill", "freshness"))
+    out: dict[str, bool | None] = {}
+    out["cpu_within_1_5x_floor"] = main["cpu_ratio"] <= TARGETS["cpu_ratio"] if main and "cpu_ratio" in main else None
+    out["requests_per_call_le_1_05"] = main["api_requests_per_call"] <= TARGETS["requests_per_call"] if main else None
+    out["backfill_ge_80pct_ceiling"] = backfill["share_of_ceiling"] >= TARGETS["backfill_share"] if backfill else None
+    out["rss_flat_within_10pct"] = result["memory"]["flat"] if result.get("memory") else None
+    if live and live["span_p99_s"] is not None and live["counter_p99_s"] is not None:
+        limit = live["poll_interval_s"] + TARGETS["freshness_slack_s"]
+        out["freshness_p99_le_interval_plus_1s"] = max(live["span_p99_s"], live["counter_p99_s"]) <= limit
+    else:
+        out["freshness_p99_le_interval_plus_1s"] = None
+    return out
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(result: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str]] = []
+    main = result.get("throughput")
+    if main:
+        floor = main.get("floor_us_per_function_call") or {}
+        rows += [
+            ("workload", f"{main['calls']:,} calls, {main['function_calls']:,} function calls "
+             f"({main['function_calls_per_call']:.2f}/call), {main['spans']:,} spans", ""),
+            ("exporter CPU per function call", f"{fmt(main['cpu_us_per_function_call'])} µs", ""),
+            ("  per call", f"{fmt(main['cpu_us_per_call'])} µs", ""),
+            ("floor per function call (decode+build+SDK encode)", f"{fmt(floor.get('total'))} µs",
+             f"decode {fmt(floor.get('decode'))}, build {fmt(floor.get('build'))}, "
+             f"encode {fmt(floor.get('encode'))} (json.loads alone {fmt(floor.get('json_loads'))})"),
+            ("exporter / floor", fmt(main.get("cpu_ratio"), 2), f"target <= {TARGETS['cpu_ratio']}"),
+            ("floor with the exporter's direct encoder", f"{fmt(floor.get('total_direct'))} µs",
+             f"encode {fmt(floor.get('encode_direct'))}"),
+            ("exporter / floor with direct encoder", fmt(main.get("cpu_ratio_direct"), 2), "not a target: see docs"),
+            ("calls/s on one core", fmt(main["calls_per_cpu_s"], 0), ""),
+            ("spans/s on one core", fmt(main["spans_per_cpu_s"], 0), ""),
+            ("wall time (2 cores shared with simulator, receiver)", f"{fmt(main['wall_s'])} s", ""),
+            ("API requests per finished call", fmt(main["api_requests_per_call"], 3),
+             f"minimum {fmt(main['api_requests_per_call_minimum'], 3)}; target <= {TARGETS['requests_per_call']}"),
+        ]  # fmt: skip
+    memory = result.get("memory")
+    if memory:
+        for key in ("small", "large"):
+            row = memory[key]
+            rows.append(
+                (f"RSS, {row['calls']:,} calls", f"peak {fmt(row['peak_rss_mb'])} MiB",
+                 f"after {fmt(row['rss_after_mb'])} MiB (after gc {fmt(row['rss_after_gc_mb'])}), "
+                 f"before {fmt(row['rss_before_mb'])} MiB")
+            )  # fmt: skip
+        rows.append(
+            ("RSS growth small -> large", f"peak {memory['peak_growth']:+.1%}, after {memory['after_growth']:+.1%}",
+             f"target within {TARGETS['rss_growth']:.0%}")
+        )  # fmt: skip
+    backfill = result.get("backfill")
+    if backfill:
+        rows.append(
+            (f"backfill at {backfill['latency_s'] * 1000:.0f} ms API latency",
+             f"{fmt(backfill['requests_per_s'], 0)} req/s = {backfill['share_of_ceiling']:.0%} of ceiling",
+             f"ceiling {backfill['ceiling_rps']:.0f} req/s ({backfill['max_concurrency']} in flight); "
+             f"{backfill['calls']:,} calls in {fmt(backfill['wall_s'])} s; target >= {TARGETS['backfill_share']:.0%}")
+        )  # fmt: skip
+    live = result.get("freshness")
+    if live:
+        rows += [
+            ("freshness: finished -> counted",
+             f"p50 {fmt(live['counter_p50_s'], 2)} s, p99 {fmt(live['counter_p99_s'], 2)} s",
+             f"{live['counted_calls']} calls, poll every {live['poll_interval_s']:g} s; target p99 <= "
+             f"{live['poll_interval_s'] + TARGETS['freshness_slack_s']:g} s"),
+            ("freshness: finished -> span exported",
+             f"p50 {fmt(live['span_p50_s'], 2)} s, p99 {fmt(live['span_p99_s'], 2)} s",
+             f"{live['exported_calls']} calls"),
+        ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    lines = [f"{'figure':<{width}}  {'value':<{value_width}}  notes", "-" * (width + value_width + 40)]
+    lines += [f"{a:<{width}}  {b:<{value_width}}  {c}".rstrip() for a, b, c in rows]
+    lines.append("")
+    lines += [
+        f"{name}: {'met' if ok else 'NOT met' if ok is False else 'not measured'}"
+        for name, ok in result["targets"].items()
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="bem-exporter benchmark (see docs/performance.md)")
+    parser.add_argument("--calls", type=int, help="finished calls for the CPU run (20000; --quick 2000)")
+    parser.add_argument("--large", type=int, help="finished calls for the memory run (200000; --quick 20000; 0 skips)")
+    parser.add_argument("--backfill-calls", type=int, help="calls for the latency backfill (3000; --quick 600)")
+    parser.add_argument("--latency", type=float, default=0.1, help="simulated API latency for the backfill (0.1 s)")
+    parser.add_argument("--live", type=float, help="seconds of the live freshness run (60; --quick 20)")
+    parser.add_argument("--rate", type=float, default=20.0, help="new calls/s in the live run (20)")
+    parser.add_argument("--poll-interval", type=float, default=2.0, help="poll interval of the live run (2 s)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
+    parser.add_argument("--name", help="results file name (default: full, quick)")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="pyinstrument profile of the CPU run (event loop thread), as text"
+    )
+    parser.add_argument(
+        "--py-spy", metavar="FILE", help="py-spy profile of the CPU run (all threads), collapsed stacks"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    calls = args.calls if args.calls is not None else (2000 if quick else 20000)
+    large = args.large if args.large is not None else (20000 if quick else 200000)
+    backfill_calls = args.backfill_calls if args.backfill_calls is not None else (600 if quick else 3000)
+    live_seconds = args.live if args.live is not None else (20.0 if quick else 60.0)
+    name = args.name or ("quick" if quick else "full")
+
+    result: dict[str, Any] = {
+        "name": name,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "settings": {
+            "calls": calls, "large": large, "backfill_calls": backfill_calls, "latency_s": args.latency,
+            "live_s": live_seconds, "rate": args.rate, "poll_interval_s": args.poll_interval, "seed": args.seed,
+            "workflows": WORKFLOWS, "max_rps": MAX_RPS, "max_concurrency": MAX_CONCURRENCY, "speed": SPEED,
+        },
+        "targets_set": TARGETS,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bem-bench-") as tmp:
+        workdir = Path(tmp)
+        print(f"[bench] CPU run: {calls:,} finished calls, then the floor on the same payloads", file=sys.stderr)
+        main_run = finished_workload(
+            calls, latency=0.0, seed=args.seed, workdir=workdir, floor=True, profile=args.profile, py_spy=args.py_spy
+        )
+        result["throughput"] = throughput_figures(main_run)
+        result["raw"] = {"throughput": main_run}
+        small = result["throughput"]
+        if large:
+            print(f"[bench] memory run: {large:,} finished calls", file=sys.stderr)
+            large_run = finished_workload(large, latency=0.0, seed=args.seed + 1, workdir=workdir)
+            result["memory_large"] = throughput_figures(large_run)
+            result["raw"]["memory_large"] = large_run
+            big = result["memory_large"]
+            result["memory"] = {
+                "small": {
+                    k: small[k] for k in ("calls", "peak_rss_mb", "rss_after_mb", "rss_after_gc_mb", "rss_before_mb")
+                },
+                "large": {
+                    k: big[k] for k in ("calls", "peak_rss_mb", "rss_after_mb", "rss_after_gc_mb", "rss_before_mb")
+                },
+                "peak_growth": big["peak_rss_mb"] / small["peak_rss_mb"] - 1,
+                "after_growth": big["rss_after_mb"] / small["rss_after_mb"] - 1,
+            }
+            result["memory"]["flat"] = (
+                abs(result["memory"]["peak_growth"]) <= TARGETS["rss_growth"]
+                and abs(result["memory"]["after_growth"]) <= TARGETS["rss_growth"]
+            )
+        if backfill_calls:
+            print(
+                f"[bench] backfill: {backfill_calls:,} calls at {args.latency * 1000:.0f} ms latency", file=sys.stderr
+            )
+            run = finished_workload(backfill_calls, latency=args.latency, seed=args.seed + 2, workdir=workdir)
+            figures = throughput_figures(run)
+            requests = figures["api_requests_total"]
+            ceiling = MAX_CONCURRENCY / args.latency if args.latency else None
+            rps = requests / run["wall_cycle_s"]
+            result["backfill"] = {
+                "calls": figures["calls"],
+                "latency_s": args.latency,
+                "max_concurrency": MAX_CONCURRENCY,
+                "requests": requests,
+                "wall_s": run["wall_cycle_s"],
+                "requests_per_s": rps,
+                "ceiling_rps": ceiling,
+                "share_of_ceiling": rps / ceiling if ceiling else None,
+                "complete": figures["complete"],
+            }
+            result["raw"]["backfill"] = run
+        if live_seconds:
+            print(f"[bench] live run: {live_seconds:g} s at {args.rate:g} calls/s", file=sys.stderr)
+            result["freshness"] = live_run(live_seconds, args.rate, args.poll_interval, args.seed + 3, workdir)
+    result["targets"] = verdicts(result)
+    text = table(result)
+    result["table"] = text
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+    print(f"\nwritten to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

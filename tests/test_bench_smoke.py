@@ -1,0 +1,53 @@
+"""The benchmark (bench/run.py) in a tiny mode: it runs end to end and writes every figure.
+
+No timing is asserted here (a loaded CI machine proves nothing about speed); the figures
+themselves are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
+    name = f"smoke-{tmp_path.name}"
+    out = ROOT / "bench" / "results" / f"{name}.json"
+    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--name", name]
+    command += ["--calls", "200", "--large", "400", "--backfill-calls", "150", "--latency", "0.02", "--live", "8"]
+    command += ["--rate", "10", "--poll-interval", "1"]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+
+    main = result["throughput"]
+    assert main["complete"] and main["calls"] >= 150
+    for key in ("cpu_us_per_function_call", "calls_per_cpu_s", "spans_per_cpu_s", "api_requests_per_call", "cpu_ratio"):
+        assert main[key] is not None and main[key] > 0, key
+    for key in ("total", "decode", "build", "encode", "encode_direct", "total_direct"):
+        assert main["floor_us_per_function_call"][key] > 0, key
+    assert main["cpu_ratio_direct"] > 0
+    memory = result["memory"]
+    for size in ("small", "large"):
+        assert memory[size]["peak_rss_mb"] > 0 and memory[size]["rss_after_mb"] > 0
+    assert memory["large"]["calls"] > memory["small"]["calls"]
+    backfill = result["backfill"]
+    assert backfill["complete"] and backfill["requests_per_s"] > 0 and backfill["ceiling_rps"] > 0
+    freshness = result["freshness"]
+    for key in ("counter_p50_s", "counter_p99_s", "span_p50_s", "span_p99_s"):
+        assert freshness[key] is not None, key
+    assert set(result["targets"]) == {
+        "cpu_within_1_5x_floor",
+        "requests_per_call_le_1_05",
+        "backfill_ge_80pct_ceiling",
+        "rss_flat_within_10pct",
+        "freshness_p99_le_interval_plus_1s",
+    }
+    assert result["machine"]["python"] and result["table"]

@@ -57,6 +57,7 @@ async def open_exporter(settings: Settings, spans: SpanExporter | None = None) -
     span_exporter = spans or build_span_exporter(settings.traces, metrics.observer)
     try:
         async with BemClient(settings.api, metrics.observer) as client:
+            metrics.observer.expect_endpoints(client.endpoints)
             delivery = Delivery(span_exporter, state, metrics.observer, settings.traces.max_backlog)
             poller = Poller(
                 client, state, metrics.recorder, delivery, metrics.observer, settings.poll, settings.api.workflows

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from exporter.pipeline import FinishedCall, Observer, SpanExporter
 from exporter.state import State
@@ -26,7 +27,18 @@ EXPORT_BATCH = 100
 """Calls per export request (a few hundred spans)."""
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
 
-Refetch = Callable[[Sequence[str]], Awaitable[list[FinishedCall]]]
+
+@dataclass(frozen=True, slots=True)
+class Refetched:
+    """What a re-read of undelivered calls found. A call in neither set could not be read this
+    time (a 429, a timeout, an undecodable record): it is tried again later, never dropped."""
+
+    found: list[FinishedCall] = field(default_factory=list)
+    gone: set[str] = field(default_factory=set)
+    """Calls the API answered for without them (or no longer finished): nothing to deliver."""
+
+
+Refetch = Callable[[Sequence[str]], Awaitable[Refetched]]
 
 
 class Delivery:
@@ -43,6 +55,10 @@ class Delivery:
         self._retry_delay = RETRY_MIN
         self._retry_at = 0.0
         self._healthy = True
+        # Re-reads from the API that failed are retried on their own backoff: without it a
+        # failed re-read waited for new work to wake the worker, forever when none came.
+        self._refetch_delay = RETRY_MIN
+        self._refetch_at = 0.0
         self._lock = asyncio.Lock()
 
     @property
@@ -63,7 +79,11 @@ class Delivery:
     async def run(self, refetch: Refetch, stop: asyncio.Event) -> None:
         """The worker of `bem-exporter run`: deliver whenever there is work and it is time."""
         while not stop.is_set():
-            wait = max(self._retry_at - time.monotonic(), 0.0) if not self._healthy else None
+            wait: float | None = None
+            if not self._healthy:
+                wait = max(self._retry_at - time.monotonic(), 0.0)
+            elif self._evicted:
+                wait = max(self._refetch_at - time.monotonic(), 0.0)
             waker = asyncio.create_task(self._wake.wait())
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({waker, stopper}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
@@ -81,7 +101,7 @@ class Delivery:
         async with self._lock:
             if not await self._drain():
                 return False
-            if refetch is not None and self._evicted:
+            if refetch is not None and self._evicted and time.monotonic() >= self._refetch_at:
                 await self._recover(refetch)
             return not self._backlog and not self._evicted
 
@@ -102,24 +122,38 @@ class Delivery:
 
     async def _recover(self, refetch: Refetch) -> None:
         """Fetch again, from the API, calls whose spans were evicted or left by a crash."""
+        # No more per round than the backlog holds: a larger round would evict at once what it
+        # had just fetched, and fetch it again.
+        size = min(EXPORT_BATCH, self._max_backlog)
         while True:
-            call_ids = self._state.unexported(EXPORT_BATCH, skip=list(self._backlog))
+            call_ids = self._state.unexported(size, skip=list(self._backlog))
             if not call_ids:
                 self._evicted = False
+                self._refetch_delay = RETRY_MIN
                 return
             try:
-                found = await refetch(call_ids)
+                refetched = await refetch(call_ids)
             except Exception as error:  # the API's trouble is the poller's to report
                 log.debug("refetch of undelivered calls failed", extra={"error": type(error).__name__})
+                self._postpone_refetch()
                 return
-            missing = set(call_ids) - {item.call.call_id for item in found}
-            if missing:
+            if refetched.gone:
                 # Gone from the API (or no longer finished): nothing left to deliver for them.
-                self._state.mark_exported(sorted(missing))
-                self._observer.spans_dropped(len(missing))
-            self.submit(found)
+                self._state.mark_exported(sorted(refetched.gone))
+                self._observer.spans_dropped(len(refetched.gone))
+            self.submit(refetched.found)
             if not await self._drain():
                 return
+            if not refetched.found and not refetched.gone:
+                # Nothing could be read this time: later, rather than at once in a tight loop.
+                # (A round that made progress goes on: what it missed is read again next round.)
+                self._postpone_refetch()
+                return
+            self._refetch_delay = RETRY_MIN
+
+    def _postpone_refetch(self) -> None:
+        self._refetch_at = time.monotonic() + self._refetch_delay
+        self._refetch_delay = min(self._refetch_delay * 2, RETRY_MAX)
 
     def _failed(self, calls: int) -> None:
         self._observer.span_export_failed(calls)

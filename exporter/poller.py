@@ -7,7 +7,7 @@ cursor's call is gone) a backfill scans newest to oldest down to `BEM_LOOKBACK`;
 is durable, so a crash mid-backfill resumes where it stopped.
 
 Each page is handled as one batch: the traces of its newly finished calls are fetched, the
-recorder stages the counts, and one transaction writes counts, handled marks, tracked calls
+recorder stages the report, and one transaction writes report, handled marks, tracked calls
 and the cursor. Only then are the counts published and the spans queued for delivery.
 """
 
@@ -17,13 +17,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from exporter.bem.client import MAX_PAGE_SIZE, ApiError, BemClient, ListQuery
 from exporter.bem.decode import CallPage
 from exporter.bem.models import Call, Trace
 from exporter.config import PollSettings
-from exporter.delivery import Delivery
+from exporter.delivery import Delivery, Refetched
 from exporter.pipeline import CallRecorder, CycleReport, FinishedCall, Observer
 from exporter.state import Backfill, Changes, State
 
@@ -35,20 +35,6 @@ HOLD_CYCLES = 3
 """Cycles discovery waits at a record with no readable id before skipping it."""
 RECORDER = "metrics"
 """The name of the recorder's snapshot in the state."""
-
-
-@dataclass(slots=True)
-class _Cycle:
-    """Counts of one cycle, and the in-progress calls it saw."""
-
-    discovered: int = 0
-    refreshed: int = 0
-    finished: int = 0
-    handed_on: int = 0
-    trace_fetch_failures: int = 0
-    rejected: int = 0
-    abandoned: int = 0
-    in_progress: dict[str, Call] = field(default_factory=dict)
 
 
 class Poller:
@@ -77,6 +63,10 @@ class Poller:
         self._stopping = False
         self._held: tuple[str | None, int] | None = None
         self._api_ok: bool | None = None
+        self._in_progress: dict[str, Call] = {}
+        """Calls seen pending or running in the cycle under way."""
+        self._probing = False
+        """The API was unreachable at the last cycle: this cycle's first listing is one try."""
         self.last_listing_ok: float | None = None
         """Epoch seconds of the last successful list request (readiness)."""
         snapshot = state.snapshot(RECORDER)
@@ -93,42 +83,33 @@ class Poller:
 
     async def cycle(self) -> CycleReport:
         started = time.monotonic()
-        counts = _Cycle()
-        error: str | None = None
-        listing_ok = False
+        report = CycleReport()
+        self._in_progress = {}
+        # While the API is down, each cycle probes it once instead of retrying with backoff:
+        # the poll interval is the backoff, and an outage costs one request per interval.
+        self._probing = self._api_ok is False
         try:
             backfill = self._state.backfill()
             if backfill is None and not self._cursor:
                 backfill = Backfill(until=self._clock() - self._settings.lookback)
             if backfill is not None:
-                await self._backfill(backfill, counts)
-            await self._discover(counts)
-            listing_ok = True
-            await self._refresh(counts)
-            self._abandon_stuck(counts)
+                await self._backfill(backfill, report)
+            await self._discover(report)
+            report.ok = True
+            await self._refresh(report)
+            self._abandon_stuck(report)
         except ApiError as failure:
-            error = str(failure)
-        self._log_api_state(listing_ok, error)
+            report.error = str(failure)
+        self._log_api_state(report.ok, report.error)
         dropped = self._state.prune(self._clock() - self._settings.lookback - self._settings.interval)
         if dropped:
             self._observer.spans_dropped(dropped)
         now = self._clock()
-        if listing_ok:
-            self._observer.in_progress(list(counts.in_progress.values()), now)
-        report = CycleReport(
-            ok=listing_ok,
-            duration_seconds=time.monotonic() - started,
-            discovered=counts.discovered,
-            refreshed=counts.refreshed,
-            finished=counts.finished,
-            handed_on=counts.handed_on,
-            trace_fetch_failures=counts.trace_fetch_failures,
-            rejected_records=counts.rejected,
-            abandoned=counts.abandoned,
-            tracked=len(self._tracked),
-            export_backlog=self._delivery.backlog,
-            error=error,
-        )
+        if report.ok:
+            self._observer.in_progress(list(self._in_progress.values()), now)
+        report.duration_seconds = time.monotonic() - started
+        report.tracked = len(self._tracked)
+        report.export_backlog = self._delivery.backlog
         self._observer.cycle_done(report, now)
         return report
 
@@ -142,7 +123,7 @@ class Poller:
 
     # -- discovery -----------------------------------------------------------------------------
 
-    async def _backfill(self, backfill: Backfill, counts: _Cycle) -> None:
+    async def _backfill(self, backfill: Backfill, report: CycleReport) -> None:
         """Newest to oldest down to `backfill.until`, each page a durable step."""
         query = ListQuery(sort_order="desc", workflow_names=self._workflows)
         after = backfill.after
@@ -161,19 +142,19 @@ class Poller:
             upcoming = None
             if not done and not held and not self._stopping:
                 upcoming = asyncio.create_task(self._list(replace(query, starting_after=after)))
-            counts.rejected += page.rejected
+            report.rejected_records += page.rejected
             changes = Changes(
                 cursor=list(self._cursor),
                 backfill=Backfill(backfill.until, after),
                 backfill_done=done,
                 tracked=self._retry_rejected(page, set()),
             )
-            await self._take(in_window, counts, changes, seen=set())
+            await self._take(in_window, report, changes, seen=set())
             if upcoming is None:
                 return
             page = await upcoming
 
-    async def _discover(self, counts: _Cycle) -> None:
+    async def _discover(self, report: CycleReport) -> None:
         """Creation order from the cursor, re-reading the overlap behind it."""
         ring = list(self._cursor)
         if not ring:
@@ -193,7 +174,7 @@ class Poller:
                 if not ring:
                     self._cursor = []
                     backfill = Backfill(until=self._clock() - self._settings.lookback)
-                    await self._backfill(backfill, counts)
+                    await self._backfill(backfill, report)
                     return
                 continue
             seen = set(ring)
@@ -202,9 +183,9 @@ class Poller:
             self._cursor = new_ring
             taken = set(ids)
             fresh = [call for call in page.calls if call.call_id not in seen and call.call_id in taken]
-            counts.rejected += page.rejected
+            report.rejected_records += page.rejected
             changes = Changes(cursor=list(new_ring), tracked=self._retry_rejected(page, seen))
-            await self._take(fresh, counts, changes, seen=seen)
+            await self._take(fresh, report, changes, seen=seen)
             if held or page.size < MAX_PAGE_SIZE or self._stopping or new_ring == ring:
                 return
             ring = new_ring
@@ -239,25 +220,26 @@ class Poller:
         return [(cid, now) for cid in fresh if cid not in known]
 
     async def _list(self, query: ListQuery) -> CallPage:
-        page = await self._client.list_calls(query)
+        page = await self._client.list_calls(query, attempts=1 if self._probing else None)
+        self._probing = False
         self.last_listing_ok = self._clock()
         return page
 
     # -- refresh -------------------------------------------------------------------------------
 
-    async def _refresh(self, counts: _Cycle) -> None:
+    async def _refresh(self, report: CycleReport) -> None:
         """Re-read tracked calls not seen in this cycle's listing, 100 ids a request."""
-        stale = [call_id for call_id in self._tracked if call_id not in counts.in_progress]
+        stale = [call_id for call_id in self._tracked if call_id not in self._in_progress]
         for start in range(0, len(stale), MAX_PAGE_SIZE):
             if self._stopping:
                 return
             batch = stale[start : start + MAX_PAGE_SIZE]
             page = await self._client.list_calls(ListQuery(call_ids=batch, limit=MAX_PAGE_SIZE))
-            counts.refreshed += len(page.calls)
-            counts.rejected += page.rejected
-            await self._take(page.calls, counts, Changes(), seen=set(), refreshed=True)
+            report.refreshed += len(page.calls)
+            report.rejected_records += page.rejected
+            await self._take(page.calls, report, Changes(), seen=set(), refreshed=True)
 
-    def _abandon_stuck(self, counts: _Cycle) -> None:
+    def _abandon_stuck(self, report: CycleReport) -> None:
         limit = self._clock() - self._settings.abandon_after
         stuck = [call_id for call_id, created in self._tracked.items() if created < limit]
         if not stuck:
@@ -265,34 +247,34 @@ class Poller:
         self._state.commit(Changes(untracked=stuck))
         for call_id in stuck:
             del self._tracked[call_id]
-            counts.in_progress.pop(call_id, None)
-        counts.abandoned += len(stuck)
+            self._in_progress.pop(call_id, None)
+        report.abandoned += len(stuck)
         self._observer.calls_abandoned(len(stuck))
         log.warning("stopped tracking calls running longer than BEM_ABANDON_AFTER", extra={"count": len(stuck)})
 
     # -- handing on ----------------------------------------------------------------------------
 
     async def _take(
-        self, calls: Sequence[Call], counts: _Cycle, changes: Changes, *, seen: set[str], refreshed: bool = False
+        self, calls: Sequence[Call], report: CycleReport, changes: Changes, *, seen: set[str], refreshed: bool = False
     ) -> None:
         """Track what is in flight, hand on what finished, and commit it all as one batch."""
         candidates = [call for call in calls if call.call_id not in seen]
         if not refreshed:
             known = self._state.handled(call.call_id for call in candidates)
             candidates = [c for c in candidates if c.call_id not in known and c.call_id not in self._tracked]
-            counts.discovered += len(candidates)
+            report.discovered += len(candidates)
         finished: list[Call] = []
         for call in candidates:
             if call.finished:
                 finished.append(call)
-                counts.in_progress.pop(call.call_id, None)
+                self._in_progress.pop(call.call_id, None)
             else:
-                counts.in_progress[call.call_id] = call
+                self._in_progress[call.call_id] = call
                 if call.call_id not in self._tracked:
                     changes.tracked.append((call.call_id, call.created_at.timestamp()))
-        counts.finished += len(finished)
+        report.finished += len(finished)
         batch, failed = await self._with_traces(finished)
-        counts.trace_fetch_failures += len(failed)
+        report.trace_fetch_failures += len(failed)
         for call in failed:
             # Keep it tracked: the next refresh sees it finished and fetches the trace again.
             if call.call_id not in self._tracked:
@@ -313,7 +295,7 @@ class Poller:
             self._tracked[call_id] = created
         for call_id in changes.untracked:
             self._tracked.pop(call_id, None)
-        counts.handed_on += len(batch)
+        report.handed_on += len(batch)
         self._delivery.submit(batch)
 
     async def _with_traces(self, calls: Sequence[Call]) -> tuple[list[FinishedCall], list[Call]]:
@@ -330,11 +312,20 @@ class Poller:
             log.debug("trace fetch failed; retrying next cycle", extra={"error": str(failure)})
             return None
 
-    async def fetch_finished(self, call_ids: Sequence[str]) -> list[FinishedCall]:
-        """Re-read handled calls and their traces (spans whose delivery was deferred)."""
-        found: list[FinishedCall] = []
+    async def fetch_finished(self, call_ids: Sequence[str]) -> Refetched:
+        """Re-read handled calls and their traces (spans whose delivery was deferred).
+
+        Only a call the API answered for without listing it (or listed as not finished) is
+        `gone`; one whose record or trace could not be read this time is in neither set, so
+        delivery tries it again instead of giving its spans up."""
+        result = Refetched()
         for start in range(0, len(call_ids), MAX_PAGE_SIZE):
-            page = await self._client.list_calls(ListQuery(call_ids=call_ids[start : start + MAX_PAGE_SIZE]))
+            chunk = call_ids[start : start + MAX_PAGE_SIZE]
+            page = await self._client.list_calls(ListQuery(call_ids=chunk))
+            if page.first_unidentified is None:  # every record has its id: the unlisted are gone
+                listed = {call_id for call_id in page.ids if call_id is not None}
+                result.gone.update(call_id for call_id in chunk if call_id not in listed)
+            result.gone.update(call.call_id for call in page.calls if not call.finished)
             batch, _ = await self._with_traces([call for call in page.calls if call.finished])
-            found.extend(batch)
-        return found
+            result.found.extend(batch)
+        return result

@@ -88,7 +88,7 @@ class State:
                 lock.close()
             raise StateError(
                 f"BEM_STATE_PATH: {path!r} is not a readable bem-exporter state file ({error}); "
-                "move it aside to start afresh (see docs/operations.md: calls within BEM_LOOKBACK are re-read)"
+                "move it aside to start afresh (see docs/reliability.md: calls within BEM_LOOKBACK are re-read)"
             ) from None
         return cls(db, lock)
 

@@ -447,3 +447,15 @@ def test_promtool_finds_nothing_to_lint() -> None:
     result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == b"" and result.stderr == b"", (result.stdout + result.stderr).decode()
+
+
+def test_expected_api_endpoints_start_at_zero() -> None:
+    from exporter.config import MetricsSettings
+    from exporter.metrics import Metrics
+
+    metrics = Metrics(MetricsSettings(), "test")
+    metrics.observer.expect_endpoints(["/v3/calls", "/v3/calls/{callID}/trace"])
+    metrics.observer.api_request("/v3/calls", "200", 0.01)
+    text = metrics.exposition(None)[0].decode()
+    assert 'bem_exporter_api_requests_total{code="429",endpoint="/v3/calls/{callID}/trace"} 0.0' in text
+    assert 'bem_exporter_api_requests_total{code="200",endpoint="/v3/calls"} 1.0' in text

@@ -8,6 +8,7 @@ neighbours still arrive. Errors raised here never carry payload content.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import msgspec
@@ -20,13 +21,19 @@ class DecodeError(Exception):
 
 
 class _ListEnvelope(msgspec.Struct):
+    # Only what is used is declared: a field the exporter does not need (`totalCount`,
+    # `error`) cannot make a page of good records undecodable by having the wrong type.
     calls: list[msgspec.Raw] = []
-    totalCount: int | None = None
+
+
+_NULL = msgspec.Raw(b"null")
 
 
 class _TraceBody(msgspec.Struct):
-    functionCalls: list[msgspec.Raw] | None = None
-    events: list[msgspec.Raw] | None = None
+    # Kept raw and decoded one list at a time: `functionCalls` of the wrong type must not
+    # take the trace's events with it (or the other way round).
+    functionCalls: msgspec.Raw = _NULL
+    events: msgspec.Raw = _NULL
 
 
 class _TraceEnvelope(msgspec.Struct):
@@ -94,10 +101,42 @@ _id_only = msgspec.json.Decoder(_IdOnly, strict=False)
 T = TypeVar("T")
 
 
+class _OutOfRangeError(ValueError):
+    """A timestamp no span can carry."""
+
+
+_INVALID = (msgspec.DecodeError, msgspec.ValidationError, RecursionError, _OutOfRangeError)
+"""What decoding bad input raises. msgspec raises RecursionError for JSON nested deeper than
+the interpreter's limit: uncaught, one such body would crash every poll cycle that met it."""
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2262, 4, 11, tzinfo=UTC)
+"""Timestamps outside these bounds are rejected with their record. OTLP carries times as
+unsigned 64-bit nanoseconds since 1970 (and backends as signed ones, up to 2262): a span
+outside cannot be encoded, and its export would fail on every retry, holding up the spans of
+every call queued behind it."""
+
+
+def _check_times(*moments: datetime | None) -> None:
+    for moment in moments:
+        if moment is None:
+            continue
+        if moment.tzinfo is None:  # the span builder reads a naive time as UTC
+            moment = moment.replace(tzinfo=UTC)
+        if not _EARLIEST <= moment < _LATEST:
+            raise _OutOfRangeError
+
+
+def _decode_call(raw: bytes) -> Call:
+    call = _call.decode(raw)
+    _check_times(call.created_at, call.finished_at)
+    return call
+
+
 def _envelope(decoder: msgspec.json.Decoder[T], body: bytes, what: str) -> T:
     try:
         return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _INVALID:
         # The message of msgspec's error may quote the payload; ours names only the endpoint.
         raise DecodeError(f"{what}: response body is not the expected JSON") from None
 
@@ -109,8 +148,8 @@ def decode_call_page(body: bytes) -> CallPage:
     rejected_ids: list[str] = []
     for raw in envelope.calls:
         try:
-            call = _call.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            call = _decode_call(raw)
+        except _INVALID:
             call_id = _call_id(raw)
             ids.append(call_id)
             if call_id is not None:
@@ -124,7 +163,7 @@ def decode_call_page(body: bytes) -> CallPage:
 def _call_id(raw: msgspec.Raw) -> str | None:
     try:
         return _id_only.decode(raw).callID or None
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _INVALID:
         return None
 
 
@@ -134,8 +173,8 @@ def decode_call(body: bytes) -> Call | None:
     if envelope.call == b"null":
         return None
     try:
-        return _call.decode(envelope.call)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _decode_call(envelope.call)
+    except _INVALID:
         return None
 
 
@@ -152,20 +191,39 @@ def decode_v2_trace(body: bytes) -> Trace:
     return _trace_records(_envelope(_v2_trace, envelope.call, "get call").trace)
 
 
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw] | None)
+
+
+def _raw_records(raw: msgspec.Raw) -> tuple[list[msgspec.Raw], int]:
+    """The records of a list field, and 1 rejected if the field is not a list at all."""
+    try:
+        return _raw_list.decode(raw) or [], 0
+    except _INVALID:
+        return [], 1
+
+
 def _trace_records(body: _TraceBody | None) -> Trace:
     if body is None:
         return Trace()
-    rejected = 0
+    raw_function_calls, rejected = _raw_records(body.functionCalls)
+    raw_events, bad_events = _raw_records(body.events)
+    rejected += bad_events
     function_calls: list[FunctionCall] = []
-    for raw in body.functionCalls or ():
+    for raw in raw_function_calls:
         try:
-            function_calls.append(_function_call.decode(raw))
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            function_call = _function_call.decode(raw)
+            _check_times(function_call.started_at, function_call.finished_at)
+        except _INVALID:
             rejected += 1
+            continue
+        function_calls.append(function_call)
     events: list[Event] = []
-    for raw in body.events or ():
+    for raw in raw_events:
         try:
-            events.append(_event.decode(raw))
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            event = _event.decode(raw)
+            _check_times(event.created_at)
+        except _INVALID:
             rejected += 1
+            continue
+        events.append(event)
     return Trace(function_calls=tuple(function_calls), events=tuple(events), rejected=rejected)

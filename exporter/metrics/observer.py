@@ -86,6 +86,9 @@ class _Histogram:
         return histogram_family(self.spec, self.les, {key: list(row) for key, row in self.rows.items()})
 
 
+EXPECTED_CODES = ("200", "401", "429", "500", "502", "503", "504", "error")
+
+
 class SelfMetrics:
     """The exporter's `Observer`, and the Collector of its self-metrics."""
 
@@ -109,6 +112,14 @@ class SelfMetrics:
         self._api = _Histogram(_API)
         self._in_progress: dict[tuple[str, str], int] = {}
         self._oldest: dict[str, float] = {}
+
+    def expect_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Start the request counters of these endpoints at 0 for the codes alerts and panels
+        watch, so `rate()` sees the very first 429 or 5xx rather than a series born at 1."""
+        with self._lock:
+            for endpoint in endpoints:
+                for code in EXPECTED_CODES:
+                    self._api_requests.setdefault((endpoint, code), 0)
 
     # --- Observer --------------------------------------------------------------------------------
 

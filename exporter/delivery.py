@@ -65,6 +65,10 @@ class Delivery:
     def backlog(self) -> int:
         return len(self._backlog)
 
+    def waiting(self) -> list[str]:
+        """The calls whose spans wait in memory (and may still be delivered)."""
+        return list(self._backlog)
+
     def submit(self, batch: Sequence[FinishedCall]) -> None:
         for item in batch:
             self._backlog[item.call.call_id] = item

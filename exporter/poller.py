@@ -67,6 +67,8 @@ class Poller:
         """Calls seen pending or running in the cycle under way."""
         self._probing = False
         """The API was unreachable at the last cycle: this cycle's first listing is one try."""
+        self._unanswered = False
+        """The last cycle's listing got no answer at all (refused, dropped, timed out)."""
         self.last_listing_ok: float | None = None
         """Epoch seconds of the last successful list request (readiness)."""
         snapshot = state.snapshot(RECORDER)
@@ -85,9 +87,11 @@ class Poller:
         started = time.monotonic()
         report = CycleReport()
         self._in_progress = {}
-        # While the API is down, each cycle probes it once instead of retrying with backoff:
-        # the poll interval is the backoff, and an outage costs one request per interval.
-        self._probing = self._api_ok is False
+        # While the API is down (no answer at all), each cycle probes it once instead of
+        # retrying with backoff: the poll interval is the backoff, and an outage costs one
+        # request per interval. An API that answers 429/5xx keeps its retries (and Retry-After):
+        # one try against a flaky API would flip "unreachable" on and off every few cycles.
+        self._probing = self._api_ok is False and self._unanswered
         try:
             backfill = self._state.backfill()
             if backfill is None and not self._cursor:
@@ -100,8 +104,10 @@ class Poller:
             self._abandon_stuck(report)
         except ApiError as failure:
             report.error = str(failure)
+            self._unanswered = not report.ok and failure.status is None
         self._log_api_state(report.ok, report.error)
-        dropped = self._state.prune(self._clock() - self._settings.lookback - self._settings.interval)
+        boundary = self._clock() - self._settings.lookback - self._settings.interval
+        dropped = self._state.prune(boundary, keep=self._delivery.waiting())
         if dropped:
             self._observer.spans_dropped(dropped)
         now = self._clock()

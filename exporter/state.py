@@ -175,20 +175,27 @@ class State:
             self._db.execute("ROLLBACK")
             raise
 
-    def prune(self, created_before: float) -> int:
+    def prune(self, created_before: float, keep: Iterable[str] = ()) -> int:
         """Forget handled calls created before the retention boundary; return how many of
-        them still had spans waiting (given up on: the caller counts them as dropped)."""
+        them still had spans waiting (given up on: the caller counts them as dropped).
+
+        `keep`: calls whose spans are still on their way (the delivery's in-memory backlog).
+        They stay until delivered: counting them as dropped and then delivering them would
+        make `bem_exporter_spans_dropped_total` claim losses that did not happen."""
+        kept = set(keep)
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            dropped = self._db.execute(
-                "SELECT count(*) FROM handled WHERE exported = 0 AND created_at < ?", (created_before,)
-            ).fetchone()[0]
-            self._db.execute("DELETE FROM handled WHERE created_at < ?", (created_before,))
+            waiting = self._db.execute(
+                "SELECT call_id FROM handled WHERE exported = 0 AND created_at < ?", (created_before,)
+            ).fetchall()
+            dropped = [(row[0],) for row in waiting if row[0] not in kept]
+            self._db.execute("DELETE FROM handled WHERE created_at < ? AND exported = 1", (created_before,))
+            self._db.executemany("DELETE FROM handled WHERE call_id = ?", dropped)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return int(dropped)
+        return len(dropped)
 
 
 def _lock(path: str) -> IO[str]:

@@ -44,7 +44,9 @@ def test_twenty_kill_9_count_every_call_once_and_deliver_every_trace(tmp_path: P
         try:
             final.start()
             wait_until(lambda: final.calls_total() == dict(truth), 60, what="counters equal to the truth")
-            wait_until(lambda: not missing_traces(simulator, receiver), 60, what="every finished call's trace")
+            wait_until(
+                lambda: not missing_traces(simulator, receiver), 60, interval=1.0, what="every finished call's trace"
+            )
         finally:
             if final.process is not None:
                 final.stop()

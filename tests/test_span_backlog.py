@@ -18,7 +18,7 @@ from processes import ExporterProcess, wait_until
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 BACKLOG = 50
-OUTAGE_SECONDS = 10.0
+OUTAGE_SECONDS = 8.0
 RSS_GROWTH_LIMIT_KIB = 40 * 1024
 """What the process may grow by while ~700 calls finish with the backend down: with the
 backlog bounded at 50 calls it stays near flat (a backlog of 700 traces would be more)."""
@@ -33,7 +33,7 @@ def _sum(counts: dict[tuple[str, str], int]) -> int:
 
 
 def test_backend_down_longer_than_the_backlog_loses_nothing_and_stays_bounded(tmp_path: Path) -> None:
-    simulator = Simulator(SimulatorConfig(prefill=50, history=300.0, arrival_rate=60.0, speed=20.0, seed=31))
+    simulator = Simulator(SimulatorConfig(prefill=50, history=300.0, arrival_rate=75.0, speed=40.0, seed=31))
     with SimulatorServer(simulator) as url, HttpReceiver() as receiver:
         env = {**otlp_env(receiver, timeout_ms=1000), "BEM_SPAN_BACKLOG": str(BACKLOG)}
         exporter = ExporterProcess(url, tmp_path / "state.sqlite", env=env)
@@ -42,7 +42,7 @@ def test_backend_down_longer_than_the_backlog_loses_nothing_and_stays_bounded(tm
             assert exporter.process is not None
             wait_until(lambda: len(receiver.spans()) > 100, 30, what="first traces")
             receiver.set_down()
-            time.sleep(2.0)
+            time.sleep(1.0)
             baseline = rss_kib(exporter.process.pid)
             samples = [baseline]
             finished_before = _sum(simulator.finished_counts())
@@ -67,7 +67,9 @@ def test_backend_down_longer_than_the_backlog_loses_nothing_and_stays_bounded(tm
             assert exporter.samples("bem_exporter_span_export_failures_total")[()] > 0
 
             receiver.set_down(False)
-            wait_until(lambda: not missing_traces(simulator, receiver), 90, what="every trace after recovery")
+            wait_until(
+                lambda: not missing_traces(simulator, receiver), 90, interval=1.0, what="every trace after recovery"
+            )
             assert exporter.samples("bem_exporter_spans_dropped_total")[()] == 0
         finally:
             if exporter.process is not None:
@@ -98,8 +100,48 @@ def test_spans_left_undelivered_by_a_crash_are_sent_after_restart_with_nothing_n
         simulator.config.faults.malformed_rate = 0.3
         second = ExporterProcess(url, state, env=env).start(ready=False)
         try:
-            wait_until(lambda: not missing_traces(simulator, receiver), 60, what="every trace after restart")
+            wait_until(
+                lambda: not missing_traces(simulator, receiver), 60, interval=1.0, what="every trace after restart"
+            )
             assert second.calls_total() == dict(truth)  # restored, not counted again
             assert second.samples("bem_exporter_spans_dropped_total")[()] == 0
         finally:
             second.stop()
+
+
+def test_spans_are_given_up_only_past_the_retention_window_and_counted(tmp_path: Path) -> None:
+    """With the backend down for longer than the retention window (BEM_LOOKBACK, 4 s here),
+    spans are given up on and counted as dropped: every counted call's trace either arrived
+    or is in bem_exporter_spans_dropped_total, nothing vanishes silently."""
+    simulator = Simulator(SimulatorConfig(arrival_rate=30.0, speed=50.0, seed=33))
+    with SimulatorServer(simulator) as url, HttpReceiver() as receiver:
+        env = {**otlp_env(receiver, timeout_ms=500), "BEM_SPAN_BACKLOG": str(BACKLOG), "BEM_LOOKBACK": "4s"}
+        receiver.set_down()
+        exporter = ExporterProcess(url, tmp_path / "state.sqlite", env=env)
+        try:
+            exporter.start()
+            time.sleep(4.0)
+            simulator.config.arrival_rate = 0.0
+            wait_until(lambda: _all_finished(simulator), 30, what="every call finished")
+            truth = Counter(simulator.finished_counts())
+            wait_until(lambda: exporter.calls_total() == dict(truth), 20, what="counters equal to the truth")
+            # Past the window (4 s + the 1 s poll interval) the waiting spans are given up.
+            wait_until(lambda: exporter.samples("bem_exporter_spans_dropped_total")[()] > 0, 15, what="spans given up")
+            receiver.set_down(False)
+            counted = _sum(truth)
+
+            def accounted() -> bool:
+                arrived = len({span["trace_id"] for span in receiver.spans() if span["parent"] is None})
+                dropped = exporter.samples("bem_exporter_spans_dropped_total")[()]
+                return arrived + dropped == counted
+
+            try:
+                wait_until(accounted, 30, what="every counted call's trace arrived or counted as dropped")
+            except AssertionError:
+                arrived = len({span["trace_id"] for span in receiver.spans() if span["parent"] is None})
+                dropped = exporter.samples("bem_exporter_spans_dropped_total")[()]
+                raise AssertionError(f"arrived {arrived} + dropped {dropped} != counted {counted}") from None
+        finally:
+            if exporter.process is not None:
+                exporter.stop()
+    assert counted > 50

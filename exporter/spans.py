@@ -55,6 +55,8 @@ MISSING_FINISHED_AT = "missing_finished_at"
 MISSING_STARTED_AT = "missing_started_at"
 END_BEFORE_START = "end_before_start"
 UNKNOWN_EVENT_OWNER = "unknown_event_owner"
+UNBUILDABLE = "unbuildable"
+"""A call the span builder failed on (a bug): skipped so it cannot block the calls behind it."""
 
 _TERMINAL = frozenset({"completed", "failed"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from exporter.config import TraceSettings
 from exporter.otlp import grpc_exporter_class, http_exporter_class
 from exporter.pipeline import FinishedCall, Observer, SpanExporter
-from exporter.spans import SpanBuilder, make_resource
+from exporter.spans import UNBUILDABLE, SpanBuilder, make_resource
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -88,17 +88,20 @@ class Built:
         self.anomalies: list[str] = []
 
 
-def build_all(builder: SpanBuilder, batch: Sequence[FinishedCall]) -> Built | None:
-    """Every span of the batch, or None if a call could not be turned into spans (a bug: it
-    is logged, and the batch is retried like a failed export rather than crashing the loop)."""
+def build_all(builder: SpanBuilder, batch: Sequence[FinishedCall]) -> Built:
+    """Every span of the batch. A call that cannot be turned into spans (a bug) is logged,
+    counted as the `unbuildable` anomaly and skipped: retrying would fail the same way, and
+    it must not hold back the calls queued behind it."""
     built = Built()
     for finished in batch:
         try:
-            built.spans.extend(builder.build(finished, built.anomalies))
+            spans = builder.build(finished, built.anomalies)
         except Exception as error:
             log.error("cannot build the spans of call %s: %s", finished.call.call_id, type(error).__name__)
             log.debug("span building failed", exc_info=True)
-            return None
+            built.anomalies.append(UNBUILDABLE)
+            continue
+        built.spans.extend(spans)
     return built
 
 
@@ -129,8 +132,6 @@ class ConsoleSpanExporter:
 
     def export(self, batch: Sequence[FinishedCall]) -> int | None:
         built = build_all(self._builder, batch)
-        if built is None:
-            return None
         text = "".join(span.to_json(indent=None) + "\n" for span in built.spans)
         try:
             with self._lock:
@@ -175,9 +176,8 @@ class OtlpSpanExporter:
         if self._closed:
             return None
         built = build_all(self._builder, batch)
-        if built is None:
-            return None
         if not built.spans:
+            report_anomalies(self._observer, built)
             return 0
         with self._lock:
             # One export at a time: the state change log and the stuck-request guard rely on it.

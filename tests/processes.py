@@ -41,6 +41,19 @@ def wait_until(predicate: object, timeout: float, interval: float = 0.1, what: s
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def run_command(command: str, api_url: str, state_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`bem-exporter COMMAND` to completion, with the same environment as `ExporterProcess`."""
+    process = ExporterProcess(api_url, state_path, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", command],
+        env=process.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
 class ExporterProcess:
     """`bem-exporter run` against `api_url`, with its own state file and listen port."""
 
@@ -128,7 +141,11 @@ class ExporterProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def __enter__(self) -> ExporterProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()  # __exit__ is not called when __enter__ fails: do not leak the process
+            raise
 
     def __exit__(self, *_: object) -> None:
         if self.process is not None and self.process.poll() is None:

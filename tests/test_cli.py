@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 from conftest import SIM_KEY
-from processes import ROOT, ExporterProcess, wait_until
+from processes import ExporterProcess, run_command, wait_until
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
-
-
-def _command(command: str, url: str, state: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    process = ExporterProcess(url, state, env=env)
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", command],
-        env=process.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
 
 
 def test_once_prints_a_summary_and_hands_everything_on(tmp_path: Path) -> None:
     simulator = Simulator(SimulatorConfig(prefill=150, history=1200.0, arrival_rate=0.0))
     with SimulatorServer(simulator) as url:
-        result = _command("once", url, tmp_path / "state.sqlite")
+        result = run_command("once", url, tmp_path / "state.sqlite")
     assert result.returncode == 0, result.stderr
     summary = result.stdout.strip().splitlines()[-1]
     finished = sum(simulator.finished_counts().values())
@@ -42,7 +28,7 @@ def test_once_prints_a_summary_and_hands_everything_on(tmp_path: Path) -> None:
 
 
 def test_once_fails_when_the_api_is_unreachable(tmp_path: Path) -> None:
-    result = _command("once", "http://127.0.0.1:9", tmp_path / "state.sqlite", BEM_API_TIMEOUT="2s")
+    result = run_command("once", "http://127.0.0.1:9", tmp_path / "state.sqlite", BEM_API_TIMEOUT="2s")
     assert result.returncode == 1
     assert "failed" in result.stdout
     assert "cannot connect" in result.stdout
@@ -51,7 +37,7 @@ def test_once_fails_when_the_api_is_unreachable(tmp_path: Path) -> None:
 def test_once_says_the_key_is_wrong(tmp_path: Path) -> None:
     simulator = Simulator(SimulatorConfig(arrival_rate=0.0))
     with SimulatorServer(simulator) as url:
-        result = _command("once", url, tmp_path / "state.sqlite", BEM_API_KEY="wrong-key-123")
+        result = run_command("once", url, tmp_path / "state.sqlite", BEM_API_KEY="wrong-key-123")
     assert result.returncode == 1
     assert "401" in result.stdout and "API key was rejected" in result.stdout
     assert "wrong-key-123" not in result.stdout + result.stderr
@@ -72,7 +58,7 @@ def test_run_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
 def test_second_exporter_on_the_same_state_refuses(tmp_path: Path) -> None:
     simulator = Simulator(SimulatorConfig(arrival_rate=0.0))
     with SimulatorServer(simulator) as url, ExporterProcess(url, tmp_path / "state.sqlite"):
-        second = _command("once", url, tmp_path / "state.sqlite")
+        second = run_command("once", url, tmp_path / "state.sqlite")
     assert second.returncode == 1
     assert "in use by another bem-exporter process" in second.stderr
 
@@ -105,8 +91,8 @@ def test_check_reaches_api_and_otlp_and_never_shows_the_key(tmp_path: Path) -> N
     simulator = Simulator(SimulatorConfig(arrival_rate=0.0))
     with SimulatorServer(simulator, prefix="/bem") as url:
         state = tmp_path / "state.sqlite"
-        good = _command("check", url, state, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=url)
-        bad = _command(
+        good = run_command("check", url, state, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=url)
+        bad = run_command(
             "check", url, state, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9"
         )
     assert good.returncode == 0, good.stdout + good.stderr

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import ssl
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import httpx
 from fault_helpers import otlp_env
 from otlp_receiver import HttpReceiver
-from processes import ROOT, ExporterProcess, wait_until
+from processes import ExporterProcess, run_command, wait_until
 from test_server import _self_signed
 
 from exporter.bem.simulator import CONTENT_MARKER, URL_MARKER, Simulator, SimulatorConfig, SimulatorServer
@@ -29,15 +27,7 @@ PASSWORD = "scrape-pw-SECRET-4471"
 
 
 def _run(command: str, url: str, state: Path, **env: str) -> str:
-    process = ExporterProcess(url, state, env={"BEM_API_KEY": API_KEY, **env})
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", command],
-        env=process.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    result = run_command(command, url, state, **{"BEM_API_KEY": API_KEY, **env})
     return f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from fault_helpers import missing_traces, otlp_env
 from otlp_receiver import HttpReceiver
-from processes import ROOT, ExporterProcess, wait_until
+from processes import ExporterProcess, run_command, wait_until
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 
@@ -68,15 +66,7 @@ def test_a_corrupt_state_file_stops_the_cli_and_is_left_alone(tmp_path: Path) ->
     simulator = Simulator(SimulatorConfig(prefill=10, arrival_rate=0.0))
     with SimulatorServer(simulator) as url:
         for command in ("run", "once"):
-            process = ExporterProcess(url, state, command=command)
-            result = subprocess.run(
-                [sys.executable, "-m", "exporter", command],
-                env=process.env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd=ROOT,
-            )
+            result = run_command(command, url, state)
             assert result.returncode != 0
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1, result.stderr  # one clear line, no traceback

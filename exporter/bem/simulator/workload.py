@@ -783,8 +783,8 @@ def build_plan(header: CallHeader, max_function_calls: int) -> Plan:
 # Documents at a point in time.
 
 
-def call_doc(h: CallHeader, plan: Plan | None, now_ms: int) -> JSON:
-    """The v3 call. `plan` is needed only once the call has finished (for outputs and errors)."""
+def _call_head(h: CallHeader, now_ms: int) -> JSON:
+    """The fields v2 and v3 calls share: ids, status and times, workflow or function."""
     status = h.status_at(now_ms)
     doc: JSON = {"callID": h.call_id, "callType": h.call_type, "status": status, "createdAt": iso(h.created_ms)}
     if status in ("completed", "failed"):
@@ -792,6 +792,12 @@ def call_doc(h: CallHeader, plan: Plan | None, now_ms: int) -> JSON:
     _identity(h, doc)
     if h.reference_id is not None:
         doc["callReferenceID"] = h.reference_id
+    return doc
+
+
+def call_doc(h: CallHeader, plan: Plan | None, now_ms: int) -> JSON:
+    """The v3 call. `plan` is needed only once the call has finished (for outputs and errors)."""
+    doc = _call_head(h, now_ms)
     doc["input"] = h.input_doc()
     finished = now_ms >= h.finish_ms and plan is not None
     doc["outputs"] = plan.outputs if finished and plan is not None else []
@@ -846,13 +852,7 @@ def trace_doc(h: CallHeader, plan: Plan | None, now_ms: int) -> JSON:
 
 def v2_call_doc(h: CallHeader, plan: Plan | None, now_ms: int, *, full: bool) -> JSON:
     """The v2 call: `functionCalls` always; `outputs` (errors included) and `trace` when `full`."""
-    status = h.status_at(now_ms)
-    doc: JSON = {"callID": h.call_id, "callType": h.call_type, "status": status, "createdAt": iso(h.created_ms)}
-    if status in ("completed", "failed"):
-        doc["finishedAt"] = iso(h.finish_ms)
-    _identity(h, doc)
-    if h.reference_id is not None:
-        doc["callReferenceID"] = h.reference_id
+    doc = _call_head(h, now_ms)
     trace = trace_doc(h, plan, now_ms)
     doc["functionCalls"] = trace["functionCalls"]
     if full:

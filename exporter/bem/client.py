@@ -116,7 +116,6 @@ class BemClient:
         settings: ApiSettings,
         observer: Observer | None = None,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
         max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self._settings = settings
@@ -127,28 +126,14 @@ class BemClient:
         headers = {"user-agent": f"bem-exporter/{__version__}", "accept": "application/json"}
         if settings.key is not None:
             headers["x-api-key"] = settings.key.get()
-        # aiohttp unless a test hands in an httpx transport: httpx costs ~8x the CPU per request
-        # (exporter/bem/http.py, docs/performance.md).
-        self._http: httpx.AsyncClient | AiohttpClient
-        if transport is None:
-            self._http = AiohttpClient(
-                settings.url + "/",
-                headers,
-                timeout=settings.timeout,
-                connect_timeout=min(settings.timeout, 10.0),
-                max_connections=settings.max_concurrency,
-            )
-        else:
-            self._http = httpx.AsyncClient(
-                base_url=settings.url + "/",
-                headers=headers,
-                timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
-                limits=httpx.Limits(
-                    max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency
-                ),
-                transport=transport,
-                follow_redirects=False,
-            )
+        # aiohttp rather than httpx: httpx costs ~8x the CPU per request (docs/performance.md).
+        self._http = AiohttpClient(
+            settings.url + "/",
+            headers,
+            timeout=settings.timeout,
+            connect_timeout=min(settings.timeout, 10.0),
+            max_connections=settings.max_concurrency,
+        )
         self._version = settings.version
 
     async def __aenter__(self) -> BemClient:

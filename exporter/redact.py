@@ -1,0 +1,38 @@
+"""One redactor for everything that leaves the process as text: URLs and free-form messages.
+
+A URL is shown as scheme, host, port and path: userinfo (a password), query and fragment (a
+presigned signature, a token) may carry secrets and never appear. Free-form text (an error
+message from bem, an exception's text) has every URL in it cut down the same way, known
+secrets masked, and its length bounded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+MASK = "***"
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+
+
+def safe_url(url: str) -> str:
+    """`url` without userinfo, query or fragment; what cannot be parsed is masked whole."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return MASK
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else host
+
+
+def redact_text(text: str, secrets: Iterable[str] = (), limit: int | None = None) -> str:
+    """`text` with URLs made safe, each of `secrets` masked, and at most `limit` characters."""
+    text = _URL.sub(lambda match: safe_url(match.group(0)), text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text if limit is None else text[:limit]

@@ -15,8 +15,9 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import IO
+
+from exporter.state.store import Changes, Backfill, StateError
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -31,34 +32,6 @@ CREATE INDEX IF NOT EXISTS handled_unexported ON handled (created_at) WHERE expo
 CREATE INDEX IF NOT EXISTS handled_created ON handled (created_at);
 """
 _SQL_BATCH = 500  # ids per statement, under SQLite's variable limit
-
-
-class StateError(Exception):
-    """The state file cannot be used; the message says why and what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backfill:
-    """A first-start scan (newest to oldest) that has not reached the lookback boundary yet."""
-
-    until: float
-    """Calls created before this epoch second are out of the lookback window."""
-    after: str | None = None
-    """The last call id the scan has handled (its `startingAfter` in descending order)."""
-
-
-@dataclass(slots=True)
-class Changes:
-    """Everything one batch changes, written in one transaction."""
-
-    handled: list[tuple[str, float]] = field(default_factory=list)
-    """(call id, createdAt epoch) of calls handed to the sinks: counted, spans not yet exported."""
-    tracked: list[tuple[str, float]] = field(default_factory=list)
-    untracked: list[str] = field(default_factory=list)
-    cursor: list[str] | None = None
-    backfill: Backfill | None = None
-    backfill_done: bool = False
-    snapshots: dict[str, bytes] = field(default_factory=dict)
 
 
 class State:

@@ -84,7 +84,7 @@ class SqliteStore:
         try:
             return work(self._db)
         except sqlite3.Error as error:
-            raise StateError(f"BEM_STATE_PATH: {self._path!r}: cannot read the state ({error})") from None
+            raise StateError(f"BEM_STATE_PATH: {self._path!r}: cannot read the state ({_one_line(error)})") from None
 
     def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._guard is not None:
@@ -97,7 +97,7 @@ class SqliteStore:
         except sqlite3.Error as error:
             _roll_back(db)
             kind = classify(error)
-            raise StateWriteError(kind, f"state write failing: {_WORDS[kind]} ({error})") from None
+            raise StateWriteError(kind, f"{_WORDS[kind]} ({_one_line(error)})") from None
         except BaseException:
             _roll_back(db)
             raise
@@ -143,12 +143,12 @@ def _connect(path: str, guard: WriterGuard | None) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        _check_integrity(db)  # before any write: a damaged file gets nothing added to it
         migrate(db, path)
-        _check_integrity(db)
     except (sqlite3.DatabaseError, ValueError) as error:
         db.close()
         raise StateError(
-            f"BEM_STATE_PATH: {path!r} is not a readable bem-exporter state file ({error}); "
+            f"BEM_STATE_PATH: {path!r} is not a readable bem-exporter state file ({_one_line(error)}); "
             "move it aside to start afresh (see docs/reliability.md: calls within BEM_LOOKBACK are re-read)"
         ) from None
     except BaseException:
@@ -165,6 +165,10 @@ def _check_integrity(db: sqlite3.Connection) -> None:
     verdict = db.execute("PRAGMA quick_check(1)").fetchone()
     if verdict is None or verdict[0] != "ok":
         raise sqlite3.DatabaseError(f"integrity check: {verdict[0] if verdict else 'no answer'}")
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 def _roll_back(db: sqlite3.Connection) -> None:

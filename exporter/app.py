@@ -1,7 +1,7 @@
-"""The commands' bodies: wire client, state, sinks and poller together, then run them.
+"""The commands' bodies: wire client, state, sinks and poll loop together, then run them.
 
 The one place that knows every part. Parts know nothing of each other beyond the protocols of
-`exporter.pipeline`.
+`exporter.pipeline` and `exporter.state.store`.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class Delivery:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._exporter = exporter
-        self._state = store
+        self._store = store
         self._source = source
         self._observer = observer
         self._max_backlog = max_backlog
@@ -78,7 +78,7 @@ class Delivery:
 
     async def reload(self) -> None:
         """Look for spans an earlier process (or another instance) left undelivered."""
-        if await self._state.count_unexported() > 0:
+        if await self._store.count_unexported() > 0:
             self._evicted = True
             self._wake.set()  # deliver what was left, without waiting for new work
 
@@ -135,7 +135,7 @@ class Delivery:
         if now < self._prune_at:
             return
         boundary = now - self._retention.window
-        dropped = await self._state.prune(boundary, keep=list(self._backlog))
+        dropped = await self._store.prune(boundary, keep=list(self._backlog))
         if dropped:
             self._observer.spans_dropped(dropped)
         self._prune_at = now + self._retention.every
@@ -148,7 +148,7 @@ class Delivery:
                 self._failed(len(batch))
                 return False
             call_ids = [item.call.call_id for item in batch]
-            await self._state.mark_exported(call_ids)
+            await self._store.mark_exported(call_ids)
             for call_id in call_ids:
                 self._backlog.pop(call_id, None)
             self._observer.spans_exported(len(batch), spans)
@@ -161,7 +161,7 @@ class Delivery:
         # had just fetched, and fetch it again.
         size = min(EXPORT_BATCH, self._max_backlog)
         while True:
-            call_ids = await self._state.unexported(size, skip=list(self._backlog))
+            call_ids = await self._store.unexported(size, skip=list(self._backlog))
             if not call_ids:
                 self._evicted = False
                 self._refetch_delay = RETRY_MIN
@@ -174,7 +174,7 @@ class Delivery:
                 return
             if refetched.gone:
                 # Gone from the API (or no longer finished): nothing left to deliver for them.
-                await self._state.mark_exported(sorted(refetched.gone))
+                await self._store.mark_exported(sorted(refetched.gone))
                 self._observer.spans_dropped(len(refetched.gone))
             self.submit(refetched.found)
             if not await self._drain():

@@ -87,11 +87,11 @@ class SpanExporter(Protocol):
 
 @dataclass(slots=True)
 class CycleReport:
-    """What one poll cycle did; the poller fills it in as it goes. Logged as one line and fed
-    to the self-metrics."""
+    """What one poll cycle did; the poll loop fills it in as it goes (the app adds delivery's
+    backlog). Logged as one line and fed to the self-metrics."""
 
     ok: bool = False
-    """The listing succeeded (the exporter can see bem)."""
+    """The listing succeeded and the state is writable (the exporter can see bem and count)."""
     duration_seconds: float = 0.0
     discovered: int = 0
     refreshed: int = 0

@@ -86,13 +86,14 @@ class Discovery:
             if not done and not held and not self.stopping:
                 upcoming = asyncio.create_task(self._listing.page(replace(query, starting_after=after)))
             report.rejected_records += page.rejected
-            changes = Changes(
-                cursor=ring,
-                backfill=Backfill(backfill.until, after),
-                backfill_done=done,
-                tracked=await self._rejected_to_retry(page, set()),
-            )
-            await self._take(in_window, changes, report, hold, set())
+            progress = Changes(cursor=ring, backfill=Backfill(backfill.until, after), backfill_done=done)
+            try:
+                progress.tracked = await self._rejected_to_retry(page, set())
+                await self._take(in_window, progress, report, hold, set())
+            except BaseException:
+                if upcoming is not None:
+                    upcoming.cancel()  # the cycle ends here; the next one lists this page again
+                raise
             if upcoming is None:
                 return
             page = await upcoming

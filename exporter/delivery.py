@@ -134,11 +134,10 @@ class Delivery:
         now = self._clock()
         if now < self._prune_at:
             return
-        boundary = now - self._retention.window
-        dropped = await self._store.prune(boundary, keep=list(self._backlog))
+        self._prune_at = now + self._retention.every  # a failed prune, too, waits for the next turn
+        dropped = await self._store.prune(now - self._retention.window, keep=list(self._backlog))
         if dropped:
             self._observer.spans_dropped(dropped)
-        self._prune_at = now + self._retention.every
 
     async def _drain(self) -> bool:
         while self._backlog:

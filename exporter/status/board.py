@@ -25,8 +25,8 @@ CanaryResult = Literal["success", "failure", "timeout", "submit_error"]
 
 CYCLES_KEPT = 20
 """Poll cycles the board remembers (about five minutes at the default 15 s interval)."""
-CALLS_KEPT = 50
-"""Finished calls the board remembers, newest first."""
+CALLS_KEPT = 25
+"""Finished calls the board remembers (the latest handed on), shown newest first."""
 ERROR_LENGTH = 300
 """Characters of the last API error shown; the rest is cut."""
 TRACE_ID_PLACEHOLDER = "{trace_id}"
@@ -227,7 +227,7 @@ class StatusBoard:
                 role=self._role,
                 api=self._api,
                 cycles=tuple(self._cycles),
-                calls=tuple(self._calls),
+                calls=tuple(sorted(self._calls, key=_finished_order, reverse=True)),
                 backlog=self._backlog,
                 tracked=self._tracked,
                 canary=self._canary,
@@ -235,6 +235,10 @@ class StatusBoard:
                 settings=self._settings,
                 trace_url=self._trace_url,
             )
+
+
+def _finished_order(line: CallLine) -> float:
+    return line.finished_at if line.finished_at is not None else 0.0
 
 
 def _shown_setting(row: SettingRow) -> SettingRow:

@@ -249,3 +249,11 @@ def load_page(url: str, *, auth: tuple[str, str] | None = None, screenshot: Path
             return await browser.load(url, auth=auth, screenshot=screenshot)
 
     return asyncio.run(main())
+
+
+if __name__ == "__main__":
+    # python -m tests.browser URL OUT.png: the screenshot in docs/ is taken this way.
+    import sys
+
+    shown = load_page(sys.argv[1], screenshot=Path(sys.argv[2]))
+    print(f"HTTP {shown.status}, {len(shown.errors)} errors", *shown.errors, sep="\n")

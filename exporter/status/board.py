@@ -130,8 +130,8 @@ def check_trace_url(template: str) -> str:
 
 
 class StatusBoard:
-    """Fed from the event loop and read by the HTTP handlers; a lock keeps a snapshot whole
-    should a feeder ever run in a worker thread."""
+    """Fed from the event loop and from the span export thread (`watch`), read by the HTTP
+    handlers; a lock keeps each snapshot whole."""
 
     def __init__(
         self,

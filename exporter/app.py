@@ -27,6 +27,7 @@ from exporter.poll import ApiTraces, PollLoop
 from exporter.server import HttpServer
 from exporter.state import StateStore
 from exporter.state.sqlite import SqliteStore
+from exporter.status import StatusBoard
 from exporter.traces import build_span_exporter
 from exporter.tracetree import render_tree
 
@@ -60,10 +61,14 @@ class Exporter:
 
 
 @contextlib.asynccontextmanager
-async def open_exporter(settings: Settings, spans: SpanExporter | None = None) -> AsyncIterator[Exporter]:
+async def open_exporter(
+    settings: Settings, spans: SpanExporter | None = None, status: StatusBoard | None = None
+) -> AsyncIterator[Exporter]:
     metrics = Metrics(settings.metrics, __version__)
     state = await SqliteStore.open(settings.poll.state_path)
     span_exporter = spans or build_span_exporter(settings.traces, metrics.observer)
+    if status is not None:
+        span_exporter = status.watch(span_exporter)
     try:
         async with BemClient(settings.api, metrics.observer) as client:
             metrics.observer.expect_endpoints(client.endpoints)
@@ -124,13 +129,14 @@ async def run(settings: Settings, spans: SpanExporter | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_exporter(settings, spans) as exporter:
-        server = HttpServer(settings.metrics, exporter.metrics, exporter.ready)
+    status = StatusBoard(__version__)
+    async with open_exporter(settings, spans, status) as exporter:
+        server = HttpServer(settings.metrics, exporter.metrics, exporter.ready, status)
         url = await server.start()
         log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": settings.api.url})
         worker = asyncio.create_task(exporter.delivery.run(stop))
         try:
-            await _poll_until(exporter, stop)
+            await _poll_until(exporter, stop, status)
         finally:
             await _shut_down(exporter, worker, settings.poll.shutdown_grace)
             await server.stop()
@@ -138,7 +144,7 @@ async def run(settings: Settings, spans: SpanExporter | None = None) -> int:
     return 0
 
 
-async def _poll_until(exporter: Exporter, stop: asyncio.Event) -> None:
+async def _poll_until(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) -> None:
     interval = exporter.settings.poll.interval
     while not stop.is_set():
         started = time.monotonic()
@@ -157,6 +163,8 @@ async def _poll_until(exporter: Exporter, stop: asyncio.Event) -> None:
                     await cycle
                 return
         _log_cycle_result(cycle)
+        if not cycle.cancelled() and cycle.exception() is None:
+            status.cycle_done(cycle.result())
         remaining = interval - (time.monotonic() - started)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=max(remaining, 0.0))
@@ -253,6 +261,7 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
             f"bem-exporter demo: simulated bem API at {sim_url}\n"
             f"  metrics:   http://{shown}:{settings.metrics.listen_port}/metrics\n"
             f"  readiness: http://{shown}:{settings.metrics.listen_port}/readyz\n"
+            f"  status:    http://{shown}:{settings.metrics.listen_port}/status\n"
             + (
                 "  traces:    printed below as trees; set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 "
                 "to send them to Tempo, Jaeger or a Collector\n"

@@ -1,10 +1,10 @@
-"""The exporter's HTTP server: /metrics, /healthz, /readyz (aiohttp, in the poll loop's event loop).
+"""The exporter's HTTP server: /metrics, /healthz, /readyz, /status (aiohttp, in the poll loop's event loop).
 
 Rendering /metrics takes milliseconds for thousands of series, which would stall the poll
 loop sharing this event loop, so it runs in a dedicated one-thread executor (the default
 executor may be busy with span exports, and one thread also serialises concurrent scrapes).
 
-Basic auth, when configured, guards /metrics only: /healthz and /readyz stay open so that
+Basic auth, when configured, guards /metrics and /status: /healthz and /readyz stay open so that
 orchestrator probes (Kubernetes, Docker) work without credentials; they reveal nothing but
 "alive" and "ready".
 """
@@ -25,6 +25,7 @@ from aiohttp import web
 
 from exporter.config import MetricsSettings
 from exporter.metrics import Metrics
+from exporter.status import CONTENT_SECURITY_POLICY, StatusBoard, render_html, render_json
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ _INDEX = (
     "/metrics  Prometheus metrics (OpenMetrics with exemplars when asked for)\n"
     "/healthz  liveness\n"
     "/readyz   readiness: 200 after a successful poll, 503 otherwise\n"
+    "/status   status page (HTML; /status.json for programs), when the exporter serves one\n"
 )
 
 
@@ -46,8 +48,15 @@ class ServerError(OSError):
 class HttpServer:
     """Serves the metrics and the health endpoints until `stop()`."""
 
-    def __init__(self, settings: MetricsSettings, metrics: Metrics, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        status: StatusBoard | None = None,
+    ) -> None:
         self._settings = settings
+        self._status = status
         self._metrics = metrics
         self._ready = ready
         self._credentials: tuple[bytes, bytes] | None = None
@@ -68,6 +77,9 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics_handler)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._status is not None:
+            app.router.add_get("/status", self._status_page)
+            app.router.add_get("/status.json", self._status_json)
         # No access log: a scrape every few seconds would drown the exporter's own logs.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -123,6 +135,20 @@ class HttpServer:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
 
+    async def _status_page(self, request: web.Request) -> web.Response:
+        if self._credentials is not None and not self._authorised(request.headers.get("Authorization")):
+            return _challenge()
+        assert self._status is not None
+        headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, **_STATUS_HEADERS}
+        return web.Response(text=render_html(self._status.snapshot()), content_type="text/html", headers=headers)
+
+    async def _status_json(self, request: web.Request) -> web.Response:
+        if self._credentials is not None and not self._authorised(request.headers.get("Authorization")):
+            return _challenge()
+        assert self._status is not None
+        body = render_json(self._status.snapshot())
+        return web.Response(body=body, content_type="application/json", headers=_STATUS_HEADERS)
+
     def _render(self, accept: str | None, gzipped: bool) -> tuple[bytes, str]:
         body, content_type = self._metrics.exposition(accept)
         if gzipped:
@@ -159,6 +185,13 @@ class HttpServer:
                 error.errno or 0, f"BEM_TLS_CERT_FILE/BEM_TLS_KEY_FILE: cannot load {cert!r} and {key!r}: {reason}"
             ) from None
         return context
+
+
+_STATUS_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def _challenge() -> web.Response:
+    return web.Response(status=401, text="authentication required\n", headers={"WWW-Authenticate": _REALM})
 
 
 def _bound_port(runner: web.AppRunner, asked: int) -> int:

@@ -16,6 +16,15 @@ make_venv() {  # $1: what to install, e.g. . or .[test]
       python3 -m venv .venv
     fi
   fi
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e "$1"
+  # Install only when the dependencies changed since the last install: an editable install
+  # picks up source edits by itself, and a reinstall on every run costs seconds and output.
+  local stamp=".venv/.installed" wanted
+  wanted="$1 $(sha256sum pyproject.toml | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ]; then
+    return
+  fi
+  # setuptools prints a banner on every editable build; it says nothing actionable here.
+  PYTHONWARNINGS="ignore:Editable installation" PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    .venv/bin/python -m pip install -q -e "$1"
+  echo "$wanted" > "$stamp"
 }

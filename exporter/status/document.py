@@ -1,0 +1,112 @@
+"""`/status.json`: the board as JSON for programs. The shape is documented in docs/status.md
+and versioned by `schema`; fields are only ever added within a schema version."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from exporter.status.board import (
+    ApiHealth,
+    BackfillProgress,
+    CallLine,
+    CanarySummary,
+    CycleFigures,
+    SettingRow,
+    StatusSnapshot,
+)
+
+SCHEMA = 1
+
+
+def render_json(snapshot: StatusSnapshot) -> bytes:
+    return json.dumps(status_document(snapshot), indent=2, sort_keys=False).encode()
+
+
+def status_document(snapshot: StatusSnapshot) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "version": snapshot.version,
+        "generated_at": iso(snapshot.generated_at),
+        "started_at": iso(snapshot.started_at),
+        "role": snapshot.role,
+        "api": _api(snapshot.api),
+        "backlog": snapshot.backlog,
+        "tracked": snapshot.tracked,
+        "cycles": [_cycle(cycle) for cycle in snapshot.cycles],
+        "calls": [_call(call, snapshot.trace_link(call.trace_id)) for call in snapshot.calls],
+        "canary": _canary(snapshot.canary) if snapshot.canary else None,
+        "backfill": _backfill(snapshot.backfill) if snapshot.backfill else None,
+        "settings": [_setting(row) for row in snapshot.settings],
+    }
+
+
+def iso(epoch: float | None) -> str | None:
+    """RFC 3339 in UTC with milliseconds, or None."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _api(api: ApiHealth) -> dict[str, Any]:
+    return {
+        "state": api.state,
+        "since": iso(api.since),
+        "last_error": api.last_error,
+        "last_error_at": iso(api.last_error_at),
+    }
+
+
+def _cycle(cycle: CycleFigures) -> dict[str, Any]:
+    return {
+        "at": iso(cycle.at),
+        "ok": cycle.ok,
+        "seconds": round(cycle.seconds, 3),
+        "discovered": cycle.discovered,
+        "refreshed": cycle.refreshed,
+        "finished": cycle.finished,
+        "handed_on": cycle.handed_on,
+        "trace_fetch_failures": cycle.trace_fetch_failures,
+        "rejected": cycle.rejected,
+        "abandoned": cycle.abandoned,
+        "tracked": cycle.tracked,
+        "export_backlog": cycle.export_backlog,
+    }
+
+
+def _call(call: CallLine, link: str | None) -> dict[str, Any]:
+    duration = round(call.duration_seconds, 3) if call.duration_seconds is not None else None
+    return {
+        "call_id": call.call_id,
+        "workflow": call.workflow,
+        "status": call.status,
+        "duration_seconds": duration,
+        "finished_at": iso(call.finished_at),
+        "trace_id": call.trace_id,
+        "trace_url": link,
+    }
+
+
+def _canary(canary: CanarySummary) -> dict[str, Any]:
+    duration = canary.last_duration_seconds
+    return {
+        "workflow": canary.workflow,
+        "last_result": canary.last_result,
+        "last_duration_seconds": round(duration, 3) if duration is not None else None,
+        "last_success_at": iso(canary.last_success_at),
+        "in_flight": canary.in_flight,
+    }
+
+
+def _backfill(progress: BackfillProgress) -> dict[str, Any]:
+    return {
+        "until": iso(progress.until),
+        "reached": iso(progress.reached),
+        "calls": progress.calls,
+        "done": progress.done,
+    }
+
+
+def _setting(row: SettingRow) -> dict[str, Any]:
+    return {"name": row.name, "value": row.value, "source": row.source, "secret": row.secret}

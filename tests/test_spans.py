@@ -20,9 +20,10 @@ from otlp_receiver import GrpcReceiver, HttpReceiver, receiver_for
 
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
+from exporter.ids import trace_id_for
 from exporter.pipeline import FinishedCall, NullObserver
-from exporter.spans import SpanBuilder, build_spans, to_ns, trace_id_for
-from exporter.traces import build_span_exporter
+from exporter.spans import SpanBuilder, build_spans, to_ns
+from exporter.traces import DEFAULT_MAX_EXPORT_BYTES, build_span_exporter
 from exporter.tracetree import render_tree
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -188,11 +189,14 @@ class Shipper:
         self.receiver = receiver
         self.recorder = Recorder()
 
-    def __call__(self, *calls: FinishedCall, **settings: Any) -> list[dict[str, Any]]:
+    def __call__(
+        self, *calls: FinishedCall, max_request_bytes: int = DEFAULT_MAX_EXPORT_BYTES, **settings: Any
+    ) -> list[dict[str, Any]]:
         self.receiver.clear()
         sink = build_span_exporter(
             TraceSettings(endpoint=self.receiver.endpoint, protocol=self.receiver.protocol, timeout=2.0, **settings),
             self.recorder,
+            max_request_bytes,
         )
         try:
             accepted = sink.export(list(calls))
@@ -625,9 +629,10 @@ def test_huge_trace_is_linear_and_chunked(ship: Shipper) -> None:
     spans = builder.build(big)
     assert len(spans) == 4001
     assert big_seconds < small_seconds * 8 * 3  # 8x the work: linear; quadratic would be 64x
-    received = ship(big)
+    received = ship(big, max_request_bytes=256 * 1024)
     assert len(received) == 4001
     assert len(ship.receiver.requests()) > 1  # split into bounded requests
+    assert all(len(body) <= 256 * 1024 for body in ship.receiver.raw())
     assert len(render_tree(big).splitlines()) == 4001  # no recursion limit either
 
 

@@ -16,15 +16,12 @@ from otlp_receiver import GrpcReceiver, HttpReceiver, receiver_for
 
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
+from exporter.ids import UNBUILDABLE
+from exporter.otlp import SpanEncoder
 from exporter.pipeline import FinishedCall, NullObserver
-from exporter.spans import UNBUILDABLE, SpanBuilder, make_resource
-from exporter.traces import (
-    OtlpSpanExporter,
-    build_span_exporter,
-    chunked,
-    grpc_insecure,
-    safe_endpoint,
-)
+from exporter.spans import SpanBuilder, make_resource
+from exporter.traces import OtlpSpanExporter, build_span_exporter, grpc_insecure
+from exporter.traces.transport import Outcome
 
 TIMEOUT = 1.0
 SLACK = 1.5  # scheduling, connection set-up, the SDK's jittered backoff
@@ -260,16 +257,15 @@ def test_anomalies_count_once_per_delivered_call(receiver: GrpcReceiver | HttpRe
     assert recorder.anomalies == ["multiple_roots"]
 
 
-def test_large_batches_are_split_into_bounded_requests(
-    receiver: GrpcReceiver | HttpReceiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("exporter.traces.MAX_ITEMS_PER_REQUEST", 4)
-    sink = build_span_exporter(settings_for(receiver), NullObserver())
+def test_large_batches_are_split_into_bounded_requests(receiver: GrpcReceiver | HttpReceiver) -> None:
+    limit = 1500
+    sink = build_span_exporter(settings_for(receiver), NullObserver(), max_request_bytes=limit)
     try:
         assert sink.export(BATCH) == SPANS_IN_BATCH
     finally:
         sink.shutdown()
     assert len(receiver.requests()) > 1
+    assert all(len(body) <= limit for body in receiver.raw())
     assert len(receiver.spans()) == SPANS_IN_BATCH
 
 
@@ -294,36 +290,34 @@ def test_export_after_shutdown_fails_without_raising() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class _StuckSdkExporter:
-    """An SDK exporter that hangs like old releases did while backing off."""
+class _StuckTransport:
+    """A transport whose request hangs (a backend that trickles its answer)."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
         self.calls = 0
 
-    def export(self, spans: Sequence[Any]) -> Any:
+    def send(self, body: bytes) -> Outcome:
         self.calls += 1
         self.release.wait(10)
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        return Outcome("accepted")
 
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
+    def close(self) -> None:
         self.release.set()
 
 
-class _RaisingSdkExporter(_StuckSdkExporter):
-    def export(self, spans: Sequence[Any]) -> Any:
+class _RaisingTransport(_StuckTransport):
+    def send(self, body: bytes) -> Outcome:
         raise RuntimeError("surprise")
 
 
-def _sink_with(delegate: Any, timeout: float = 0.3) -> OtlpSpanExporter:
+def _sink_with(transport: Any, timeout: float = 0.3) -> OtlpSpanExporter:
     settings = TraceSettings(endpoint="http://127.0.0.1:9/v1/traces", timeout=timeout)
-    return OtlpSpanExporter(SpanBuilder(resource=make_resource("bem")), settings, NullObserver(), delegate=delegate)
+    return OtlpSpanExporter(SpanBuilder(resource=make_resource("bem")), settings, NullObserver(), transport=transport)
 
 
-def test_a_stuck_sdk_export_is_abandoned_after_the_timeout() -> None:
-    stuck = _StuckSdkExporter()
+def test_a_stuck_request_is_abandoned_after_the_timeout() -> None:
+    stuck = _StuckTransport()
     sink = _sink_with(stuck)
     try:
         result, seconds = timed_export(sink, BATCH)
@@ -338,8 +332,8 @@ def test_a_stuck_sdk_export_is_abandoned_after_the_timeout() -> None:
         sink.shutdown()
 
 
-def test_an_sdk_exception_is_a_failed_export() -> None:
-    sink = _sink_with(_RaisingSdkExporter())
+def test_a_transport_exception_is_a_failed_export() -> None:
+    sink = _sink_with(_RaisingTransport())
     try:
         assert sink.export(BATCH) is None
     finally:
@@ -383,17 +377,17 @@ def test_grpc_security_follows_the_scheme() -> None:
     assert not grpc_insecure(TraceSettings(endpoint="collector:4317", protocol="grpc"))
 
 
-def test_safe_endpoint_hides_credentials() -> None:
-    assert safe_endpoint("https://user:pw@otlp.example.com:443/v1/traces?token=abc") == (
-        "https://otlp.example.com:443/v1/traces"
-    )
-
-
-def test_chunks_hold_at_least_one_span() -> None:
-    spans = SpanBuilder().build(BATCH[0])
-    sizes = [len(chunk) for chunk in chunked(spans, 1)]
-    assert sizes == [1, 1, 1]
-    assert [len(chunk) for chunk in chunked(spans, 100)] == [3]
+def test_requests_hold_at_least_one_span_and_keep_a_call_together() -> None:
+    builder = SpanBuilder()
+    calls = [builder.build(finished) for finished in BATCH]
+    tiny = SpanEncoder().encode_requests(calls, 1)
+    assert [request.spans for request in tiny] == [1] * SPANS_IN_BATCH
+    assert [request.owners for request in tiny] == [(0,), (0,), (0,), (1,), (1,), (1,)]
+    whole = SpanEncoder().encode_requests(calls, 10**6)
+    assert [(request.spans, request.owners) for request in whole] == [(SPANS_IN_BATCH, (0, 1))]
+    one_call = len(SpanEncoder().encode(calls[0])) + 50
+    halves = SpanEncoder().encode_requests(calls, one_call)
+    assert [(request.spans, request.owners) for request in halves] == [(3, (0,)), (3, (1,))]
 
 
 def test_a_call_that_cannot_be_built_is_skipped_and_counted(receiver: GrpcReceiver | HttpReceiver) -> None:

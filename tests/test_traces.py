@@ -3,20 +3,28 @@ recovery with identical spans, console and none, and that nothing secret leaves.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from otlp_receiver import GrpcReceiver, HttpReceiver, receiver_for
 
+from exporter import __version__
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
-from exporter.ids import UNBUILDABLE
+from exporter.ids import NUMBER_OUT_OF_RANGE, UNBUILDABLE
 from exporter.otlp import SpanEncoder
 from exporter.pipeline import FinishedCall, NullObserver
 from exporter.spans import SpanBuilder, make_resource
@@ -401,3 +409,199 @@ def test_a_call_that_cannot_be_built_is_skipped_and_counted(receiver: GrpcReceiv
     finally:
         sink.shutdown()
     assert recorder.anomalies.count(UNBUILDABLE) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The path that runs: our encoder's bytes, our transport, the OTLP environment
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_receiver_gets_our_encoders_bytes_from_our_transport(receiver: GrpcReceiver | HttpReceiver) -> None:
+    builder = SpanBuilder(resource=make_resource("bem"))
+    expected = SpanEncoder().encode([span for finished in BATCH for span in builder.build(finished)])
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    assert receiver.raw() == [expected]
+    (headers,) = receiver.headers()
+    assert headers["user-agent"].startswith(f"bem-exporter/{__version__}")
+    assert headers["x-vendor-key"] == VENDOR_KEY
+
+
+def test_http_gzip_from_the_otlp_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    with HttpReceiver() as receiver:
+        sink = build_span_exporter(settings_for(receiver), NullObserver())
+        try:
+            assert sink.export(BATCH) == SPANS_IN_BATCH
+        finally:
+            sink.shutdown()
+        (headers,) = receiver.headers()
+        assert headers["content-encoding"] == "gzip"
+        assert int(headers["content-length"]) < len(receiver.raw()[0])
+        assert len(receiver.spans()) == SPANS_IN_BATCH
+
+
+def test_a_receiver_that_never_answers_costs_one_timeout(receiver: GrpcReceiver | HttpReceiver) -> None:
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        receiver.set_hang()
+        result, seconds = timed_export(sink, BATCH)
+        assert result is None
+        assert seconds < TIMEOUT + SLACK
+        receiver.set_hang(False)
+        time.sleep(0.2)  # the abandoned request returns once the receiver lets go
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    assert len(receiver.spans()) == SPANS_IN_BATCH
+
+
+@pytest.fixture(scope="module")
+def certificate() -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1 and its key, PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_tls_trusts_the_certificate_from_the_otlp_environment(
+    protocol: str, certificate: tuple[bytes, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with receiver_for(protocol, tls=certificate) as receiver:
+        assert receiver.endpoint.startswith("https://")
+        untrusting = build_span_exporter(settings_for(receiver), NullObserver())
+        try:
+            assert untrusting.export(BATCH) is None  # an unknown certificate is refused
+        finally:
+            untrusting.shutdown()
+        ca = tmp_path / "ca.pem"
+        ca.write_bytes(certificate[0])
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(ca))
+        sink = build_span_exporter(settings_for(receiver), NullObserver())
+        try:
+            assert sink.export(BATCH) == SPANS_IN_BATCH
+        finally:
+            sink.shutdown()
+        assert len(receiver.spans()) == SPANS_IN_BATCH
+        assert receiver.headers()[0]["x-vendor-key"] == VENDOR_KEY
+
+
+# ---------------------------------------------------------------------------------------------
+# Refused batches: isolated to the offending call, everything else flows
+# ---------------------------------------------------------------------------------------------
+
+POISON = "POISONED-NAME-5f1"
+
+
+class Counting(NullObserver):
+    def __init__(self) -> None:
+        self.dropped = 0
+        self.anomalies: list[str] = []
+
+    def spans_dropped(self, calls: int) -> None:
+        self.dropped += calls
+
+    def trace_anomaly(self, kind: str) -> None:
+        self.anomalies.append(kind)
+
+
+def renamed(finished: FinishedCall, workflow_name: str) -> FinishedCall:
+    return FinishedCall(msgspec.structs.replace(finished.call, workflow_name=workflow_name), finished.trace)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_call_the_backend_refuses_is_dropped_alone(protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    calls = [payload(f"call-p{i}", status="completed") for i in range(7)]
+    calls[4] = renamed(calls[4], POISON)
+    observer = Counting()
+    with receiver_for(protocol, poison=POISON.encode()) as receiver:
+        sink = build_span_exporter(settings_for(receiver), observer)
+        try:
+            assert sink.export(calls) == 6 * 3
+            assert observer.dropped == 1
+            later = [payload("call-later", status="completed")]
+            assert sink.export(later) == 3
+        finally:
+            sink.shutdown()
+        delivered = {span["attributes"]["bem.call.id"] for span in receiver.spans() if span["parent"] is None}
+        assert receiver.refused and set(receiver.refused) == {"poison"}
+    assert delivered == {f"call-p{i}" for i in range(7) if i != 4} | {"call-later"}
+    dropped_lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(dropped_lines) == 1 and "call-p4" in dropped_lines[0]
+    assert not [r for r in caplog.records if "failing" in r.getMessage()]  # not reported as an outage
+
+
+def big_call(call_id: str, names: int = 40) -> FinishedCall:
+    """A call whose spans are large: function names of 900 characters."""
+    finished = payload(call_id, status="completed")
+    first, second = finished.trace.function_calls
+    steps = [first] + [
+        msgspec.structs.replace(second, function_call_id=f"{call_id}-{i}", function_name=f"{i:04d}" + "n" * 896)
+        for i in range(names)
+    ]
+    return FinishedCall(finished.call, msgspec.structs.replace(finished.trace, function_calls=tuple(steps)))
+
+
+def test_a_request_too_large_for_the_backend_is_split_until_it_fits() -> None:
+    calls = [big_call(f"call-big{i}") for i in range(8)]
+    spans = sum(1 + len(c.trace.function_calls) for c in calls)
+    observer = Counting()
+    with HttpReceiver(max_body=150_000) as receiver:
+        sink = build_span_exporter(settings_for(receiver), observer)
+        try:
+            assert sink.export(calls) == spans
+        finally:
+            sink.shutdown()
+        assert "too_large" in receiver.refused
+        assert len(receiver.spans()) == spans
+    assert observer.dropped == 0
+
+
+def test_requests_stay_under_the_configured_size(receiver: GrpcReceiver | HttpReceiver) -> None:
+    receiver.max_body = 64 * 1024
+    receiver.restart()
+    calls = [big_call(f"call-sized{i}") for i in range(6)]
+    spans = sum(1 + len(c.trace.function_calls) for c in calls)
+    sink = build_span_exporter(settings_for(receiver), NullObserver(), max_request_bytes=60 * 1024)
+    try:
+        assert sink.export(calls) == spans
+    finally:
+        sink.shutdown()
+    assert receiver.refused == []
+    assert len(receiver.requests()) > 1 and all(len(body) <= 60 * 1024 for body in receiver.raw())
+
+
+def test_an_integer_beyond_int64_is_clamped_and_counted(receiver: GrpcReceiver | HttpReceiver) -> None:
+    finished = payload("call-huge-version", status="completed")
+    huge = FinishedCall(msgspec.structs.replace(finished.call, workflow_version=10**30), finished.trace)
+    observer = Counting()
+    sink = build_span_exporter(settings_for(receiver), observer)
+    try:
+        assert sink.export([huge]) == 3
+        assert sink.export([payload("call-after")]) == 3
+    finally:
+        sink.shutdown()
+    root = next(s for s in receiver.spans() if s["attributes"]["bem.call.id"] == "call-huge-version")
+    assert root["attributes"]["bem.workflow.version"] == 2**63 - 1
+    assert observer.anomalies == [NUMBER_OUT_OF_RANGE]

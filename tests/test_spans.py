@@ -15,14 +15,15 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from otlp_receiver import GrpcReceiver, HttpReceiver, receiver_for
 
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
-from exporter.ids import trace_id_for
+from exporter.ids import CANARY_REFERENCE_PREFIX, trace_id_for
 from exporter.pipeline import FinishedCall, NullObserver
-from exporter.spans import SpanBuilder, build_spans, to_ns
+from exporter.spans import MAX_ERROR_KIND_LENGTH, MAX_STRING_LENGTH, SpanBuilder, build_spans, to_ns
 from exporter.traces import DEFAULT_MAX_EXPORT_BYTES, build_span_exporter
 from exporter.tracetree import render_tree
 
@@ -693,3 +694,53 @@ def test_render_tree() -> None:
             "   └─ extract-receipt (extract) [receipt] 1.5s",
         ]
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a hostile API cannot make a span carry
+# ---------------------------------------------------------------------------------------------
+
+
+def test_urls_in_error_messages_and_kinds_are_cut_down_and_every_string_bounded(ship: Shipper) -> None:
+    signed = "https://files.example.com/in.pdf?X-Amz-Signature=deadbeef"  # Shipper greps for the query
+    hostile_kind = f"fetch_failed {signed} " + "k" * 5000
+    message = f"could not read {signed} (retrying)"
+    spans = ship(
+        finished(
+            call(status="failed", workflowName="w" * 5000),
+            [fc("a", "f" * 5000, "extract", 1, 2, status="failed", functionName="f" * 5000)],
+            [ev("e" * 3000, "a", "error", 1.5, kind=hostile_kind, message=message)],
+        ),
+        error_message_length=4000,
+    )
+    root = next(s for s in spans if s["parent"] is None)
+    step = next(s for s in spans if s["parent"] is not None)
+    (event,) = step["events"]
+    for span in spans:
+        assert span["status"]["code"] == "ERROR"
+        assert span["status"]["message"] == span["attributes"]["error.type"]
+        assert len(span["status"]["message"]) <= MAX_ERROR_KIND_LENGTH
+        assert len(span["name"]) <= MAX_STRING_LENGTH
+        for value in span["attributes"].values():
+            assert not isinstance(value, str) or len(value) <= MAX_STRING_LENGTH
+    assert root["name"] == "RUN " + "w" * (MAX_STRING_LENGTH - 4)
+    assert event["attributes"]["bem.error.message"] == "could not read https://files.example.com/in.pdf (retrying)"
+    assert root["attributes"]["error.type"].startswith("fetch_failed https://files.example.com/in.pdf kkk")
+    assert len(event["attributes"]["bem.event.id"]) == MAX_STRING_LENGTH
+    assert len(event["attributes"]["bem.error.kind"]) <= MAX_ERROR_KIND_LENGTH
+    assert "X-Amz" not in event["attributes"]["bem.error.kind"]
+
+
+def test_every_span_of_a_canary_call_is_marked_synthetic(ship: Shipper) -> None:
+    canary = chain("call-canary")
+    canary = FinishedCall(
+        msgspec.structs.replace(canary.call, reference_id=CANARY_REFERENCE_PREFIX + "20261130T0600"), canary.trace
+    )
+    spans = ship(canary, chain("call-ordinary"))
+    marked = {s["attributes"]["bem.call.id"] if s["parent"] is None else s["trace_id"]: s for s in spans}
+    canary_trace = trace_id_for("call-canary")
+    assert len(spans) == 8
+    for span in spans:
+        synthetic = span["attributes"].get("bem.synthetic")
+        assert synthetic is (True if span["trace_id"] == canary_trace else None), span["name"]
+    assert marked["call-canary"]["attributes"]["bem.call.reference_id"].startswith(CANARY_REFERENCE_PREFIX)

@@ -3,10 +3,12 @@ recovery with identical spans, console and none, and that nothing secret leaves.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -605,3 +607,56 @@ def test_an_integer_beyond_int64_is_clamped_and_counted(receiver: GrpcReceiver |
     root = next(s for s in receiver.spans() if s["attributes"]["bem.call.id"] == "call-huge-version")
     assert root["attributes"]["bem.workflow.version"] == 2**63 - 1
     assert observer.anomalies == [NUMBER_OUT_OF_RANGE]
+
+
+class CountingProxy:
+    """A TCP relay on loopback that counts the bytes the client sends (what is on the wire)."""
+
+    def __init__(self, port: int) -> None:
+        self.sent = 0
+        self._target = port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if count:
+                    self.sent += len(data)
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_grpc_gzip_from_the_otlp_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = [big_call(f"call-gz{i}") for i in range(3)]
+    spans = sum(1 + len(c.trace.function_calls) for c in calls)
+    sent: dict[str, int] = {}
+    with GrpcReceiver() as receiver:
+        for compression in ("none", "gzip"):
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", compression)
+            proxy = CountingProxy(receiver.port)
+            settings = settings_for(receiver, endpoint=f"http://127.0.0.1:{proxy.port}")
+            sink = build_span_exporter(settings, NullObserver())
+            try:
+                assert sink.export(calls) == spans
+            finally:
+                sink.shutdown()
+                proxy.close()
+            sent[compression] = proxy.sent
+        body = len(receiver.raw()[0])
+    assert sent["none"] > body > 4 * sent["gzip"]

@@ -155,7 +155,6 @@ class OtlpSpanExporter:
         observer: Observer,
         *,
         max_request_bytes: int = DEFAULT_MAX_EXPORT_BYTES,
-        env: Mapping[str, str] | None = None,
         transport: Transport | None = None,
     ) -> None:
         self._builder = builder
@@ -165,7 +164,7 @@ class OtlpSpanExporter:
         self._target = f"{safe_url(settings.endpoint)} ({settings.protocol})"
         self._secrets = tuple(value for _, value in settings.headers if len(value) >= 4)
         self._encoder = SpanEncoder()
-        self._transport = transport if transport is not None else transport_for(settings, env)
+        self._transport = transport if transport is not None else transport_for(settings)
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-export")
         self._in_flight: concurrent.futures.Future[Outcome] | None = None
         self._lock = threading.Lock()

@@ -231,7 +231,7 @@ class GrpcTransport:
         self._metadata = tuple((key.strip().lower(), value) for key, value in options.headers)
         self._compression = grpc.Compression.Gzip if options.compression == "gzip" else grpc.Compression.NoCompression
         self._credentials = None if options.insecure else grpc_credentials(options)
-        self._channel = self._open()
+        self._channel, self._export = self._open()
 
     def send(self, body: bytes) -> Outcome:
         return with_retries(lambda seconds_left: self._call(body, seconds_left), self._options.timeout)
@@ -239,18 +239,19 @@ class GrpcTransport:
     def close(self) -> None:
         self._channel.close()
 
-    def _open(self) -> grpc.Channel:
+    def _open(self) -> tuple[grpc.Channel, grpc.UnaryUnaryMultiCallable]:
         target = grpc_target(self._options.endpoint)
         if self._credentials is None:
-            return grpc.insecure_channel(target, options=GRPC_CHANNEL_OPTIONS, compression=self._compression)
-        return grpc.secure_channel(
-            target, self._credentials, options=GRPC_CHANNEL_OPTIONS, compression=self._compression
-        )
+            channel = grpc.insecure_channel(target, options=GRPC_CHANNEL_OPTIONS, compression=self._compression)
+        else:
+            channel = grpc.secure_channel(
+                target, self._credentials, options=GRPC_CHANNEL_OPTIONS, compression=self._compression
+            )
+        return channel, channel.unary_unary(EXPORT_METHOD)  # no (de)serializers: bytes either way
 
     def _call(self, body: bytes, seconds_left: float) -> Outcome:
-        export = self._channel.unary_unary(EXPORT_METHOD)  # no (de)serializers: bytes either way
         try:
-            export(body, timeout=seconds_left, metadata=self._metadata, compression=self._compression)
+            self._export(body, timeout=seconds_left, metadata=self._metadata, compression=self._compression)
         except grpc.RpcError as error:
             return self._failed(error)
         return ACCEPTED
@@ -259,7 +260,7 @@ class GrpcTransport:
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
         if code is grpc.StatusCode.UNAVAILABLE:
             self._channel.close()
-            self._channel = self._open()
+            self._channel, self._export = self._open()
         details = error.details() if isinstance(error, grpc.Call) else None
         detail = redact_text(f"gRPC {code.name}: {details or ''}".rstrip(": "), limit=200)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -660,3 +660,16 @@ def test_grpc_gzip_from_the_otlp_environment(monkeypatch: pytest.MonkeyPatch) ->
             sent[compression] = proxy.sent
         body = len(receiver.raw()[0])
     assert sent["none"] > body > 4 * sent["gzip"]
+
+
+def test_an_unreadable_certificate_file_warns_and_uses_the_system_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tmp_path / "missing.pem"))
+    with HttpReceiver() as receiver:
+        sink = build_span_exporter(settings_for(receiver), NullObserver())
+        try:
+            assert sink.export(BATCH) == SPANS_IN_BATCH  # a plaintext endpoint needs no CA anyway
+        finally:
+            sink.shutdown()
+    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in caplog.text and "cannot be used" in caplog.text

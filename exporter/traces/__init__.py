@@ -20,8 +20,10 @@ payload; configured header values (which may hold vendor API keys) and URLs are 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import os
+import ssl
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -283,7 +285,17 @@ def transport_for(settings: TraceSettings, env: Mapping[str, str] | None = None)
         timeout=settings.timeout,
         insecure=grpc_insecure(settings),
     )
-    return make_transport(settings.protocol, options)
+    try:
+        return make_transport(settings.protocol, options)
+    except (OSError, ssl.SSLError) as error:
+        # As for any invalid OTEL_* value: warn and use the default (the system's CAs).
+        log.warning(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE, _CLIENT_KEY or _CLIENT_CERTIFICATE: cannot be used (%s); "
+            "using the system's certificate authorities",
+            type(error).__name__,
+        )
+        plain = dataclasses.replace(options, certificate=None, client_key=None, client_certificate=None)
+        return make_transport(settings.protocol, plain)
 
 
 def grpc_insecure(settings: TraceSettings) -> bool:

@@ -10,20 +10,18 @@ them), about 6x cheaper.
 
 Only the part of OTLP that spans use: resource, scope, span, event, link, status, and the
 attribute values the OpenTelemetry API allows (str, bool, int, float, bytes and sequences of
-them; None as an empty value, like the SDK). Anything else raises `TypeError`; the caller
-then falls back to the SDK's encoder.
+them; None as an empty value, like the SDK). Anything else raises `TypeError` (the span
+builder never produces it). `encode_requests` also cuts a batch into requests under a size
+limit, keeping each call's spans together where they fit.
 """
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcOtlpSpanExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpOtlpSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -43,9 +41,16 @@ _NOT_CACHED_SUFFIXES = ("id", "message")
 """Attribute keys whose values are unique (ids) or free text: encoding them once is all."""
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _varint(value: int) -> bytes:
+    """A varint of at most 64 bits: an int64 beyond its range is clamped (the span builder
+    has already clamped and counted it; this keeps any other caller from writing a varint no
+    receiver can parse, which would cost the whole request)."""
     if value < 0x80:
-        return bytes((value,)) if value >= 0 else _varint(value + (1 << 64))
+        return bytes((value,)) if value >= 0 else _varint(max(value, _INT64_MIN) + (1 << 64))
+    value = min(value, (1 << 64) - 1)
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -73,7 +78,7 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
-        return b"\x18" + _varint(value)
+        return b"\x18" + _varint(min(value, _INT64_MAX))
     if isinstance(value, float):
         return b"\x21" + _double(value)
     if value is None:
@@ -109,9 +114,27 @@ class SpanEncoder:
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The `ExportTraceServiceRequest` of `spans`, grouped by resource and scope in order
         of first appearance (as the SDK groups them)."""
-        groups: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
         span = self._span
-        for item in spans:
+        return self.assemble([(item, span(item)) for item in spans])
+
+    def encode_requests(self, owners: Sequence[Sequence[ReadableSpan]], max_bytes: int) -> list[EncodedRequest]:
+        """`ExportTraceServiceRequest`s of at most about `max_bytes` each (estimated from
+        above) holding the spans of every owner (a call) in order. An owner's spans stay in one
+        request unless they alone exceed the limit; a single span larger than it goes alone."""
+        packer = _Packer(self, max_bytes)
+        for index, spans in enumerate(owners):
+            packer.add(index, [(span, self._span(span)) for span in spans])
+        return packer.done()
+
+    def overhead(self, span: ReadableSpan) -> tuple[tuple[int, int], int]:
+        """The (resource, scope) group of `span`, and the most bytes that group adds to a
+        request around its spans (its headers, and three length prefixes of up to 5 bytes)."""
+        resource, scope = span.resource, span.instrumentation_scope
+        return (id(resource), id(scope)), len(self._resource(resource)) + len(self._scope(scope)) + 16
+
+    def assemble(self, encoded_spans: Sequence[tuple[ReadableSpan, bytes]]) -> bytes:
+        groups: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
+        for item, encoded_span in encoded_spans:
             resource = item.resource
             group = groups.get(id(resource))
             if group is None:
@@ -120,7 +143,7 @@ class SpanEncoder:
             scoped = group[1].get(id(scope))
             if scoped is None:
                 scoped = group[1][id(scope)] = (scope, [])
-            scoped[1].append(span(item))
+            scoped[1].append(encoded_span)
         out = []
         for resource, scopes in groups.values():
             body = [self._resource(resource)]
@@ -197,7 +220,7 @@ class SpanEncoder:
                     size = len(data)
                     any_value = b"\x0a" + (small[size] if size < 16384 else _varint(size)) + data
                 else:
-                    any_value = b"\x18" + _varint(value)
+                    any_value = b"\x18" + _varint(min(value, _INT64_MAX))
                 size = len(any_value)
                 kv = known[0] + b"\x12" + (small[size] if size < 16384 else _varint(size)) + any_value
                 size = len(kv)
@@ -279,52 +302,53 @@ class SpanEncoder:
         return b"".join(parts)
 
 
-# ---------------------------------------------------------------------------------------------
-# The SDK's exporters, fed with these bytes
-# ---------------------------------------------------------------------------------------------
-# The SDK's OTLP exporters stay the transport (TLS, compression, retries, headers, timeouts and
-# every OTEL_EXPORTER_OTLP_* variable they read), and only their encoding is replaced, through
-# the hooks they offer: gRPC's `_translate_data` and, for HTTP, the client that sends bytes
-# (`_client.export` of opentelemetry-exporter-otlp-proto-http 1.45). Where a hook is missing (an older
-# SDK) or a span holds something this encoder does not know, the SDK encodes as before.
+class EncodedRequest(NamedTuple):
+    """One export request: its body, its span count, and the owners (indexes) it holds."""
+
+    body: bytes
+    spans: int
+    owners: tuple[int, ...]
 
 
-@functools.cache
-def grpc_exporter_class() -> type[GrpcOtlpSpanExporter]:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+class _Packer:
+    """Fills requests up to a size limit, keeping an owner's spans together where they fit."""
 
-    class GrpcSpanExporter(OTLPSpanExporter):
-        _encoder = SpanEncoder()
+    def __init__(self, encoder: SpanEncoder, max_bytes: int) -> None:
+        self._encoder = encoder
+        self._max_bytes = max_bytes
+        self._requests: list[EncodedRequest] = []
+        self._pending: list[tuple[ReadableSpan, bytes]] = []
+        self._owners: list[int] = []
+        self._groups: set[tuple[int, int]] = set()
+        self._size = 0
 
-        def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
-            try:
-                body = self._encoder.encode(data)
-            except TypeError:
-                return super()._translate_data(data)
-            return ExportTraceServiceRequest.FromString(body)
+    def add(self, owner: int, spans: list[tuple[ReadableSpan, bytes]]) -> None:
+        if self._pending and self._size + self._cost(spans) > self._max_bytes:
+            self._flush()
+        for span, encoded in spans:
+            group, overhead = self._encoder.overhead(span)
+            cost = len(encoded) + (0 if group in self._groups else overhead)
+            if self._pending and self._size + cost > self._max_bytes:
+                self._flush()
+                cost = len(encoded) + overhead
+            self._pending.append((span, encoded))
+            self._groups.add(group)
+            self._size += cost
+            if not self._owners or self._owners[-1] != owner:
+                self._owners.append(owner)
 
-    return GrpcSpanExporter
+    def done(self) -> list[EncodedRequest]:
+        if self._pending:
+            self._flush()
+        return self._requests
 
+    def _cost(self, spans: list[tuple[ReadableSpan, bytes]]) -> int:
+        groups = {self._encoder.overhead(span) for span, _ in spans}
+        return sum(len(encoded) for _, encoded in spans) + sum(
+            extra for group, extra in groups if group not in self._groups
+        )
 
-@functools.cache
-def http_exporter_class() -> type[HttpOtlpSpanExporter]:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import SpanExportResult
-
-    class HttpSpanExporter(OTLPSpanExporter):
-        _encoder = SpanEncoder()
-
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            client = getattr(self, "_client", None)
-            send = getattr(client, "export", None)
-            if self._shutdown or send is None:
-                return super().export(spans)
-            try:
-                body = self._encoder.encode(spans)
-            except TypeError:
-                return super().export(spans)
-            result = send(body)
-            return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
-
-    return HttpSpanExporter
+    def _flush(self) -> None:
+        body = self._encoder.assemble(self._pending)
+        self._requests.append(EncodedRequest(body, len(self._pending), tuple(self._owners)))
+        self._pending, self._owners, self._groups, self._size = [], [], set(), 0

@@ -12,14 +12,14 @@ the per-function-call work is kept to dict lookups and one pass over each list.
 Traces from the API are not always well-formed; each oddity is worked around, counted once
 per call and kind through `Observer.trace_anomaly`, and logged at debug with ids only.
 
-The OpenTelemetry SDK is imported lazily: `trace_id_for` is used by the metrics sink for
-exemplars and must stay cheap to import.
+Every string from the API is bounded (`MAX_STRING_LENGTH`), URLs in error messages and kinds
+are cut down to scheme, host and path, and integers are kept within int64. The ids and the
+anomaly kinds live in `exporter.ids`, shared with the metrics.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,7 +27,24 @@ from typing import TYPE_CHECKING, Any
 
 from exporter import __version__
 from exporter.bem.models import NO_WORKFLOW, Call, Event, FunctionCall
+from exporter.ids import (
+    CANARY_REFERENCE_PREFIX,
+    CYCLE,
+    DUPLICATE_ID,
+    END_BEFORE_START,
+    MISSING_FINISHED_AT,
+    MISSING_STARTED_AT,
+    MULTIPLE_ROOTS,
+    NUMBER_OUT_OF_RANGE,
+    UNKNOWN_EVENT_OWNER,
+    UNKNOWN_PARENT,
+    UNKNOWN_SOURCE_EVENT,
+    call_span_id_int,
+    function_call_span_id_int,
+    trace_id_int,
+)
 from exporter.pipeline import FinishedCall, Observer
+from exporter.redact import redact_text
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -45,56 +62,21 @@ MAX_EVENTS_PER_SPAN = 128
 
 FUNCTION_CALL_TYPES = frozenset({"direct_function", "adhoc_function"})
 
-# Anomaly kinds reported to `Observer.trace_anomaly` (also listed in docs/traces.md).
-DUPLICATE_ID = "duplicate_id"
-UNKNOWN_SOURCE_EVENT = "unknown_source_event"
-UNKNOWN_PARENT = "unknown_parent"
-MULTIPLE_ROOTS = "multiple_roots"
-CYCLE = "cycle"
-MISSING_FINISHED_AT = "missing_finished_at"
-MISSING_STARTED_AT = "missing_started_at"
-END_BEFORE_START = "end_before_start"
-UNKNOWN_EVENT_OWNER = "unknown_event_owner"
-UNBUILDABLE = "unbuildable"
-"""A call the span builder failed on (a bug): skipped so it cannot block the calls behind it."""
+MAX_STRING_LENGTH = 1024
+"""Every string a span carries that comes from the API (attribute values, span and event
+names, the status description) is cut to this many characters: a hostile or broken API must
+not make one span, or one export request, arbitrarily large."""
+MAX_ERROR_KIND_LENGTH = 128
+"""An error kind (the `error.type` attribute and the span status description) is a short
+token; a longer one is cut here."""
+_ERROR_CACHE_LIMIT = 4096
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""OTLP's integer attributes are int64; a wider number would be encoded as a varint no
+receiver can parse (and the whole request with it)."""
 
 _TERMINAL = frozenset({"completed", "failed"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Deterministic ids
-# ---------------------------------------------------------------------------------------------
-
-
-def _digest(prefix: bytes, ident: str) -> bytes:
-    return hashlib.sha256(prefix + ident.encode()).digest()
-
-
-def trace_id_int(call_id: str) -> int:
-    return int.from_bytes(_digest(b"bem.call:", call_id)[:16], "big")
-
-
-def trace_id_for(call_id: str) -> str:
-    """The call's trace id as 32 lowercase hex digits (for exemplars and links)."""
-    return _digest(b"bem.call:", call_id)[:16].hex()
-
-
-def call_span_id_int(call_id: str) -> int:
-    return int.from_bytes(_digest(b"bem.call.span:", call_id)[:8], "big")
-
-
-def call_span_id_for(call_id: str) -> str:
-    return _digest(b"bem.call.span:", call_id)[:8].hex()
-
-
-def function_call_span_id_int(function_call_id: str) -> int:
-    return int.from_bytes(_digest(b"bem.function_call:", function_call_id)[:8], "big")
-
-
-def function_call_span_id_for(function_call_id: str) -> str:
-    return _digest(b"bem.function_call:", function_call_id)[:8].hex()
 
 
 def to_ns(moment: datetime) -> int:
@@ -105,7 +87,17 @@ def to_ns(moment: datetime) -> int:
 
 
 def call_span_name(call: Call) -> str:
-    return "RUN " + pipeline_name(call)
+    return bounded("RUN " + pipeline_name(call))
+
+
+def bounded(text: str) -> str:
+    """`text` cut to `MAX_STRING_LENGTH` characters."""
+    return text if len(text) <= MAX_STRING_LENGTH else text[:MAX_STRING_LENGTH]
+
+
+def is_synthetic(call: Call) -> bool:
+    """A call the exporter's own canary created."""
+    return call.reference_id is not None and call.reference_id.startswith(CANARY_REFERENCE_PREFIX)
 
 
 def pipeline_name(call: Call) -> str:
@@ -211,7 +203,7 @@ class SpanBuilder:
         self._status_cls = Status
         self._error_code = StatusCode.ERROR
         self._unset = Status(StatusCode.UNSET)
-        self._error_statuses: dict[str, Status] = {}
+        self._errors: dict[str, tuple[str, Status]] = {}
         self._resource = resource if resource is not None else make_resource("bem")
         self._scope: InstrumentationScope = InstrumentationScope(SCOPE_NAME, __version__)
         self._messages = error_messages
@@ -246,6 +238,7 @@ class SpanBuilder:
 
         spans: list[ReadableSpan] = []
         latest = call_start
+        synthetic = is_synthetic(call)
         for fc_id, fc in function_calls.items():
             parent_id = parents[fc_id]
             span = self._function_call_span(
@@ -256,6 +249,7 @@ class SpanBuilder:
                 call_start,
                 call_end,
                 notes,
+                synthetic,
             )
             end = span.end_time or 0
             if end > latest:
@@ -287,7 +281,7 @@ class SpanBuilder:
             end = start
         failed = call.status == "failed"
         function_call_count, event_count, rejected = counts
-        attributes = _call_attributes(call, failed)
+        attributes = _call_attributes(call, failed, notes)
         attributes["bem.call.function_call_count"] = function_call_count
         attributes["bem.call.event_count"] = event_count
         errors = [e for e in events.by_id.values() if e.is_error]
@@ -296,10 +290,10 @@ class SpanBuilder:
             attributes["bem.trace.rejected_records"] = rejected
         status = self._unset
         if failed:
-            kind = _first_error_kind(errors, events.ns) or "failed"
-            attributes["error.type"] = kind
-            status = self._error_status(kind)
-        span_events = self._span_events(events.orphans, events.ns, start) if events.orphans else ()
+            attributes["error.type"], status = self._error(_first_error_kind(errors, events.ns) or "failed")
+        if is_synthetic(call):
+            attributes["bem.synthetic"] = True
+        span_events = self._span_events(events.orphans, events.ns, start, notes) if events.orphans else ()
         return self._span(
             call_span_name(call),
             context=span_context,
@@ -325,6 +319,7 @@ class SpanBuilder:
         call_start: int,
         call_end: int | None,
         notes: _Notes,
+        synthetic: bool,
     ) -> ReadableSpan:
         owned = events.by_owner.get(fc.function_call_id, ())
         ns = events.ns
@@ -332,26 +327,26 @@ class SpanBuilder:
         start = self._start(fc, events, summary, call_start, notes)
         end = self._end(fc, summary, call_end, start, notes)
         failed = fc.status == "failed" or (not fc.status and summary.error_count > 0)
-        attributes = _function_call_attributes(fc, failed)
+        attributes = _function_call_attributes(fc, failed, notes)
         attributes["bem.function_call.event_count"] = len(owned)
         attributes["bem.function_call.error_count"] = summary.error_count
         if summary.max_try is not None:
-            attributes["bem.function_call.max_try_number"] = summary.max_try
+            attributes["bem.function_call.max_try_number"] = _int64(summary.max_try, notes)
             attributes["bem.function_call.try_count"] = len(summary.tries)
         if summary.confidence is not None:
             attributes["bem.function_call.avg_confidence"] = summary.confidence
         status = self._unset
         if failed:
-            kind = summary.first_error_kind or "failed"
-            attributes["error.type"] = kind
-            status = self._error_status(kind)
+            attributes["error.type"], status = self._error(summary.first_error_kind or "failed")
+        if synthetic:
+            attributes["bem.synthetic"] = True
         return self._span(
-            fc.function_name or fc.function_type or "function_call",
+            bounded(fc.function_name or fc.function_type or "function_call"),
             context=span_context,
             parent=parent,
             resource=self._resource,
             attributes=attributes,
-            events=self._span_events(owned, ns, start) if owned else (),
+            events=self._span_events(owned, ns, start, notes) if owned else (),
             kind=self._internal,
             status=status,
             start_time=start,
@@ -384,43 +379,48 @@ class SpanBuilder:
             end = start
         return end
 
-    def _span_events(self, owned: Sequence[Event], ns: dict[str, int | None], fallback: int) -> Sequence[Any]:
+    def _span_events(
+        self, owned: Sequence[Event], ns: dict[str, int | None], fallback: int, notes: _Notes
+    ) -> Sequence[Any]:
         make = self._event
         out = []
         for event in owned[:MAX_EVENTS_PER_SPAN]:
             at = ns[event.event_id]
-            out.append(
-                make(event.event_type or "event", self._event_attributes(event), at if at is not None else fallback)
-            )
+            name = bounded(event.event_type or "event")
+            out.append(make(name, self._event_attributes(event, notes), at if at is not None else fallback))
         if len(owned) > MAX_EVENTS_PER_SPAN:
             # A BoundedList carries the dropped count into the OTLP `dropped_events_count`.
-            bounded: BoundedList[Any] = self._bounded(MAX_EVENTS_PER_SPAN)
-            bounded.extend(out)
-            bounded.dropped = len(owned) - MAX_EVENTS_PER_SPAN
-            return bounded
+            kept: BoundedList[Any] = self._bounded(MAX_EVENTS_PER_SPAN)
+            kept.extend(out)
+            kept.dropped = len(owned) - MAX_EVENTS_PER_SPAN
+            return kept
         return out
 
-    def _event_attributes(self, event: Event) -> dict[str, Any]:
+    def _event_attributes(self, event: Event, notes: _Notes) -> dict[str, Any]:
         # The event's type is its name; repeating it as an attribute would cost encoding time.
-        attributes: dict[str, Any] = {"bem.event.id": event.event_id}
+        attributes: dict[str, Any] = {"bem.event.id": bounded(event.event_id)}
         if event.try_number is not None:
-            attributes["bem.function_call.try_number"] = event.try_number
+            attributes["bem.function_call.try_number"] = _int64(event.try_number, notes)
         if event.metadata is not None and event.metadata.duration_seconds is not None:
             attributes["bem.event.duration_seconds"] = event.metadata.duration_seconds
         if event.avg_confidence is not None:
             attributes["bem.event.avg_confidence"] = event.avg_confidence
         if event.kind is not None:
-            attributes["bem.error.kind"] = event.kind
+            attributes["bem.error.kind"] = self._error(event.kind)[0]
         if event.message is not None and self._messages and self._message_length:
-            attributes["bem.error.message"] = event.message[: self._message_length]
+            attributes["bem.error.message"] = safe_message(event.message, self._message_length)
         return attributes
 
-    def _error_status(self, kind: str) -> Status:
-        status = self._error_statuses.get(kind)
-        if status is None:
+    def _error(self, raw_kind: str) -> tuple[str, Status]:
+        """The error kind as exported (URLs cut down, bounded) and the ERROR status it names."""
+        known = self._errors.get(raw_kind)
+        if known is None:
+            if len(self._errors) >= _ERROR_CACHE_LIMIT:  # hostile kinds must not grow it forever
+                self._errors = {}
+            kind = redact_text(bounded(raw_kind), limit=MAX_ERROR_KIND_LENGTH)
             # A benign race between threads at worst builds the same Status twice.
-            status = self._error_statuses[kind] = self._status_cls(self._error_code, kind)
-        return status
+            known = self._errors[raw_kind] = (kind, self._status_cls(self._error_code, kind))
+        return known
 
     def _report(self, notes: _Notes, call_id: str, anomalies: list[str] | None) -> None:
         for kind in sorted(notes.kinds):
@@ -446,12 +446,13 @@ def _default_builder() -> SpanBuilder:
 # ---------------------------------------------------------------------------------------------
 
 
-def _call_attributes(call: Call, failed: bool) -> dict[str, Any]:
+def _call_attributes(call: Call, failed: bool, notes: _Notes) -> dict[str, Any]:
+    call_id = bounded(call.call_id)
     attributes: dict[str, Any] = {
-        "bem.call.id": call.call_id,
-        "bem.call.status": call.status,
-        "cicd.pipeline.name": pipeline_name(call),
-        "cicd.pipeline.run.id": call.call_id,
+        "bem.call.id": call_id,
+        "bem.call.status": bounded(call.status),
+        "cicd.pipeline.name": bounded(pipeline_name(call)),
+        "cicd.pipeline.run.id": call_id,
         "cicd.pipeline.result": "failure" if failed else "success",
     }
     optional = (
@@ -459,37 +460,56 @@ def _call_attributes(call: Call, failed: bool) -> dict[str, Any]:
         ("bem.call.type", call.call_type),
         ("bem.workflow.name", call.workflow_name),
         ("bem.workflow.id", call.workflow_id),
-        ("bem.workflow.version", call.workflow_version),
+        ("bem.workflow.version", _int64_or_none(call.workflow_version, notes)),
         ("bem.function.name", call.function_name),
         ("bem.function.id", call.function_id),
         ("bem.function.type", call.function_type),
-        ("bem.function.version", call.function_version),
+        ("bem.function.version", _int64_or_none(call.function_version, notes)),
     )
     for key, value in optional:
         if value is not None:
-            attributes[key] = value
+            attributes[key] = bounded(value) if isinstance(value, str) else value
     return attributes
 
 
-def _function_call_attributes(fc: FunctionCall, failed: bool) -> dict[str, Any]:
+def _function_call_attributes(fc: FunctionCall, failed: bool, notes: _Notes) -> dict[str, Any]:
+    function_call_id, name = bounded(fc.function_call_id), bounded(fc.function_name)
     attributes: dict[str, Any] = {
-        "bem.function_call.id": fc.function_call_id,
-        "bem.function_call.status": fc.status,
-        "bem.function.name": fc.function_name,
-        "bem.function.type": fc.function_type,
-        "cicd.pipeline.task.name": fc.function_name,
-        "cicd.pipeline.task.run.id": fc.function_call_id,
+        "bem.function_call.id": function_call_id,
+        "bem.function_call.status": bounded(fc.status),
+        "bem.function.name": name,
+        "bem.function.type": bounded(fc.function_type),
+        "cicd.pipeline.task.name": name,
+        "cicd.pipeline.task.run.id": function_call_id,
         "cicd.pipeline.task.run.result": "failure" if failed else "success",
     }
     if fc.function_id is not None:
-        attributes["bem.function.id"] = fc.function_id
+        attributes["bem.function.id"] = bounded(fc.function_id)
     if fc.function_version is not None:
-        attributes["bem.function.version"] = fc.function_version
+        attributes["bem.function.version"] = _int64(fc.function_version, notes)
     if fc.workflow_node_name is not None:
-        attributes["bem.workflow.node_name"] = fc.workflow_node_name
+        attributes["bem.workflow.node_name"] = bounded(fc.workflow_node_name)
     if fc.incoming_destination_name is not None:
-        attributes["bem.incoming_destination_name"] = fc.incoming_destination_name
+        attributes["bem.incoming_destination_name"] = bounded(fc.incoming_destination_name)
     return attributes
+
+
+def _int64(value: int, notes: _Notes) -> int:
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    notes.add(NUMBER_OUT_OF_RANGE)
+    return INT64_MAX if value > 0 else INT64_MIN
+
+
+def _int64_or_none(value: int | None, notes: _Notes) -> int | None:
+    return None if value is None else _int64(value, notes)
+
+
+def safe_message(message: str, limit: int) -> str:
+    """An error message as exported: URLs cut down to scheme, host and path, at most `limit`
+    characters. Cut before redaction too, so a megabyte of text costs no regex scan (a URL
+    cut short loses its query with the cut or the redaction, never keeps it)."""
+    return redact_text(message[: limit * 4], limit=limit)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from exporter.ids import trace_id_for
 from exporter.pipeline import FinishedCall
-from exporter.spans import build_spans, trace_id_for
+from exporter.spans import build_spans
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan

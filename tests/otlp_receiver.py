@@ -1,8 +1,12 @@
 """Real OTLP trace receivers for tests: gRPC `TraceService` and HTTP `/v1/traces`.
 
 Both listen on loopback (port 0 on first start), keep every request they accept, and can be
-switched to answer as a backend that is down (gRPC UNAVAILABLE, HTTP 503), or be stopped and
-started again on the same port. Use them as context managers:
+switched to answer as a backend that is down (gRPC UNAVAILABLE, HTTP 503) or one that never
+answers (`set_hang`), or be stopped and started again on the same port. Optional: TLS (`tls=`
+a (certificate PEM, key PEM) pair), a body size cap (`max_body=`, on the body as sent: HTTP
+413, gRPC RESOURCE_EXHAUSTED, as a collector answers), and a poison rule (`poison=` bytes: a
+request containing them is refused as invalid, HTTP 400 / gRPC INVALID_ARGUMENT). Use them
+as context managers:
 
     with GrpcReceiver() as receiver:
         settings = TraceSettings(endpoint=receiver.endpoint, protocol=receiver.protocol, ...)
@@ -17,13 +21,16 @@ Spans are reported as plain dicts so that tests compare values, not protobuf obj
 from __future__ import annotations
 
 import gzip
+import ssl
+import tempfile
 import threading
 import time
 import zlib
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -75,12 +82,24 @@ def span_dict(span: Span, resource: dict[str, Any] | None = None) -> dict[str, A
     }
 
 
+Verdict = Literal["ok", "down", "too_large", "poison"]
+TlsPair = tuple[bytes, bytes]
+"""A server certificate and its private key, PEM."""
+
+
 class _Collector:
-    """What both receivers share: the record of accepted requests and the down switch."""
+    """What both receivers share: the record of accepted requests and the switches."""
 
     protocol = ""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: TlsPair | None = None, max_body: int | None = None, poison: bytes | None = None) -> None:
+        self.tls = tls
+        self.max_body = max_body
+        self.poison = poison
+        self.refused: list[Verdict] = []
+        """Why each refused request was refused, in order."""
+        self._hang = threading.Event()
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._requests: list[ExportTraceServiceRequest] = []
         self._raw: list[bytes] = []
@@ -100,6 +119,25 @@ class _Collector:
     def down(self) -> bool:
         return self._down
 
+    def set_hang(self, hang: bool = True) -> None:
+        """Keep every request open without an answer (until unset or stopped)."""
+        if hang:
+            self._released.clear()
+            self._hang.set()
+        else:
+            self._hang.clear()
+            self._released.set()
+
+    def _hung(self) -> bool:
+        """Holds a request while hanging; True if it was held (it is then refused as `down`:
+        the client gave up on it long ago)."""
+        if not self._hang.is_set():
+            return False
+        with self._lock:
+            self.attempts += 1
+        self._released.wait(30)
+        return True
+
     def clear(self) -> None:
         with self._lock:
             self._requests.clear()
@@ -109,17 +147,28 @@ class _Collector:
 
     # -- what was received ---------------------------------------------------------------------
 
-    def _accept(self, body: bytes, headers: dict[str, str]) -> bool:
+    def _accept(self, body: bytes, headers: dict[str, str], wire_size: int = 0) -> Verdict:
         with self._lock:
             self.attempts += 1
-            if self._down:
-                return False
+            verdict = self._verdict(body, wire_size)
+            if verdict != "ok":
+                self.refused.append(verdict)
+                return verdict
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)
             self._requests.append(request)
             self._raw.append(body)
             self._headers.append(headers)
-            return True
+            return "ok"
+
+    def _verdict(self, body: bytes, wire_size: int) -> Verdict:
+        if self._down:
+            return "down"
+        if self.max_body is not None and wire_size > self.max_body:
+            return "too_large"
+        if self.poison is not None and self.poison in body:
+            return "poison"
+        return "ok"
 
     def requests(self) -> list[ExportTraceServiceRequest]:
         with self._lock:
@@ -163,6 +212,10 @@ class _Collector:
     def stop(self) -> None:
         raise NotImplementedError
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -172,6 +225,7 @@ class _Collector:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.set_hang(False)
         self.stop()
 
 
@@ -181,21 +235,27 @@ class GrpcReceiver(_Collector):
 
     protocol = "grpc"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._server: grpc.Server | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         if self._server is not None:
             return
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        limits = [("grpc.max_receive_message_length", self.max_body)] if self.max_body else []
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=limits)
         handler = grpc.unary_unary_rpc_method_handler(self._export)  # no (de)serializers: raw bytes
         server.add_generic_rpc_handlers((_ExportRouter(handler),))
-        port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        address = f"127.0.0.1:{self.port}"
+        if self.tls:
+            credentials = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot listen on 127.0.0.1:{self.port}")
         self.port = port
@@ -208,9 +268,14 @@ class GrpcReceiver(_Collector):
             self._server = None
 
     def _export(self, body: bytes, context: grpc.ServicerContext) -> bytes:
+        if self._hung():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "held without an answer (test switch)")
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
-        if not self._accept(body, metadata):
+        verdict = self._accept(body, metadata)  # the server itself enforces max_body
+        if verdict == "down":
             context.abort(grpc.StatusCode.UNAVAILABLE, "backend down (test switch)")
+        if verdict == "poison":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "poisoned request (test rule)")
         return bytes(ExportTraceServiceResponse().SerializeToString())
 
 
@@ -229,20 +294,22 @@ class HttpReceiver(_Collector):
 
     protocol = "http/protobuf"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/traces"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1/traces"
 
     def start(self) -> None:
         if self._server is not None:
             return
         server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
         server.daemon_threads = True
+        if self.tls:
+            server.socket = _server_tls(self.tls).wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -258,22 +325,38 @@ class HttpReceiver(_Collector):
             self._thread = None
 
 
+def _server_tls(pair: TlsPair) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as folder:
+        cert, key = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert.write_bytes(pair[0])
+        key.write_bytes(pair[1])
+        context.load_cert_chain(cert, key)
+    return context
+
+
+_HTTP_CODES: dict[Verdict, int] = {"ok": 200, "down": 503, "too_large": 413, "poison": 400}
+
+
 def _handler_for(receiver: HttpReceiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             if self.path != "/v1/traces":
                 self._reply(404, b"")
                 return
+            if receiver._hung():
+                self._reply(503, b"held without an answer (test switch)")
+                return
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            wire_size = len(body)
             encoding = (self.headers.get("Content-Encoding") or "").lower()
             if encoding == "gzip":
                 body = gzip.decompress(body)
             elif encoding == "deflate":
                 body = zlib.decompress(body)
-            if receiver._accept(body, {k.lower(): v for k, v in self.headers.items()}):
-                self._reply(200, ExportTraceServiceResponse().SerializeToString())
-            else:
-                self._reply(503, b"backend down (test switch)")
+            verdict = receiver._accept(body, {k.lower(): v for k, v in self.headers.items()}, wire_size)
+            reply = ExportTraceServiceResponse().SerializeToString() if verdict == "ok" else verdict.encode()
+            self._reply(_HTTP_CODES[verdict], reply)
 
         def _reply(self, code: int, body: bytes) -> None:
             self.send_response(code)
@@ -288,5 +371,5 @@ def _handler_for(receiver: HttpReceiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def receiver_for(protocol: str) -> GrpcReceiver | HttpReceiver:
-    return GrpcReceiver() if protocol == "grpc" else HttpReceiver()
+def receiver_for(protocol: str, **options: Any) -> GrpcReceiver | HttpReceiver:
+    return GrpcReceiver(**options) if protocol == "grpc" else HttpReceiver(**options)

@@ -115,7 +115,7 @@ def test_every_span_field() -> None:
     same(spans)
 
 
-def test_unknown_values_are_refused_so_the_sdk_encodes_instead() -> None:
+def test_unknown_values_are_refused() -> None:
     span = ReadableSpan("s", context=_context(1, 2))
     span._attributes = {"odd": object()}  # type: ignore[assignment]  # past the SDK's own checks
     with pytest.raises(TypeError):
@@ -126,3 +126,27 @@ def test_cache_hits_do_not_confuse_true_with_one() -> None:
     encoder = SpanEncoder()
     same([ReadableSpan("s", context=_context(1, 2), attributes={"k": 1, "b": True})], encoder)
     same([ReadableSpan("s", context=_context(1, 2), attributes={"k": True, "b": 1})], encoder)
+
+
+@pytest.mark.parametrize(("value", "sent"), [(10**30, 2**63 - 1), (2**64, 2**63 - 1), (-(10**30), -(2**63))])
+def test_integers_beyond_int64_never_become_wider_varints(value: int, sent: int) -> None:
+    span = ReadableSpan("s", context=_context(1, 2), attributes={"k": value, "list": (value,)})
+    request = ExportTraceServiceRequest.FromString(SpanEncoder().encode([span]))  # parses: no varint over 64 bits
+    (parsed,) = request.resource_spans[0].scope_spans[0].spans
+    assert [kv.value.int_value for kv in parsed.attributes[:1]] == [sent]
+    assert [v.int_value for v in parsed.attributes[1].value.array_value.values] == [sent]
+
+
+def test_requests_split_by_size_parse_back_to_every_span() -> None:
+    spans = [ReadableSpan(f"s{i}", context=_context(1, i + 1), attributes={"pad": "x" * 300}) for i in range(40)]
+    requests = SpanEncoder().encode_requests([spans[:10], spans[10:25], spans[25:]], 2000)
+    assert len(requests) > 3 and all(len(request.body) <= 2000 for request in requests)
+    names = [
+        span.name
+        for request in requests
+        for resource_spans in ExportTraceServiceRequest.FromString(request.body).resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    ]
+    assert names == [f"s{i}" for i in range(40)]
+    assert sum(request.spans for request in requests) == 40

@@ -15,14 +15,16 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from otlp_receiver import GrpcReceiver, HttpReceiver, receiver_for
 
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
+from exporter.ids import CANARY_REFERENCE_PREFIX, trace_id_for
 from exporter.pipeline import FinishedCall, NullObserver
-from exporter.spans import SpanBuilder, build_spans, to_ns, trace_id_for
-from exporter.traces import build_span_exporter
+from exporter.spans import MAX_ERROR_KIND_LENGTH, MAX_STRING_LENGTH, SpanBuilder, build_spans, to_ns
+from exporter.traces import DEFAULT_MAX_EXPORT_BYTES, build_span_exporter
 from exporter.tracetree import render_tree
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -188,11 +190,14 @@ class Shipper:
         self.receiver = receiver
         self.recorder = Recorder()
 
-    def __call__(self, *calls: FinishedCall, **settings: Any) -> list[dict[str, Any]]:
+    def __call__(
+        self, *calls: FinishedCall, max_request_bytes: int = DEFAULT_MAX_EXPORT_BYTES, **settings: Any
+    ) -> list[dict[str, Any]]:
         self.receiver.clear()
         sink = build_span_exporter(
             TraceSettings(endpoint=self.receiver.endpoint, protocol=self.receiver.protocol, timeout=2.0, **settings),
             self.recorder,
+            max_request_bytes,
         )
         try:
             accepted = sink.export(list(calls))
@@ -625,9 +630,10 @@ def test_huge_trace_is_linear_and_chunked(ship: Shipper) -> None:
     spans = builder.build(big)
     assert len(spans) == 4001
     assert big_seconds < small_seconds * 8 * 3  # 8x the work: linear; quadratic would be 64x
-    received = ship(big)
+    received = ship(big, max_request_bytes=256 * 1024)
     assert len(received) == 4001
     assert len(ship.receiver.requests()) > 1  # split into bounded requests
+    assert all(len(body) <= 256 * 1024 for body in ship.receiver.raw())
     assert len(render_tree(big).splitlines()) == 4001  # no recursion limit either
 
 
@@ -688,3 +694,53 @@ def test_render_tree() -> None:
             "   └─ extract-receipt (extract) [receipt] 1.5s",
         ]
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a hostile API cannot make a span carry
+# ---------------------------------------------------------------------------------------------
+
+
+def test_urls_in_error_messages_and_kinds_are_cut_down_and_every_string_bounded(ship: Shipper) -> None:
+    signed = "https://files.example.com/in.pdf?X-Amz-Signature=deadbeef"  # Shipper greps for the query
+    hostile_kind = f"fetch_failed {signed} " + "k" * 5000
+    message = f"could not read {signed} (retrying)"
+    spans = ship(
+        finished(
+            call(status="failed", workflowName="w" * 5000),
+            [fc("a", "f" * 5000, "extract", 1, 2, status="failed", functionName="f" * 5000)],
+            [ev("e" * 3000, "a", "error", 1.5, kind=hostile_kind, message=message)],
+        ),
+        error_message_length=4000,
+    )
+    root = next(s for s in spans if s["parent"] is None)
+    step = next(s for s in spans if s["parent"] is not None)
+    (event,) = step["events"]
+    for span in spans:
+        assert span["status"]["code"] == "ERROR"
+        assert span["status"]["message"] == span["attributes"]["error.type"]
+        assert len(span["status"]["message"]) <= MAX_ERROR_KIND_LENGTH
+        assert len(span["name"]) <= MAX_STRING_LENGTH
+        for value in span["attributes"].values():
+            assert not isinstance(value, str) or len(value) <= MAX_STRING_LENGTH
+    assert root["name"] == "RUN " + "w" * (MAX_STRING_LENGTH - 4)
+    assert event["attributes"]["bem.error.message"] == "could not read https://files.example.com/in.pdf (retrying)"
+    assert root["attributes"]["error.type"].startswith("fetch_failed https://files.example.com/in.pdf kkk")
+    assert len(event["attributes"]["bem.event.id"]) == MAX_STRING_LENGTH
+    assert len(event["attributes"]["bem.error.kind"]) <= MAX_ERROR_KIND_LENGTH
+    assert "X-Amz" not in event["attributes"]["bem.error.kind"]
+
+
+def test_every_span_of_a_canary_call_is_marked_synthetic(ship: Shipper) -> None:
+    canary = chain("call-canary")
+    canary = FinishedCall(
+        msgspec.structs.replace(canary.call, reference_id=CANARY_REFERENCE_PREFIX + "20261130T0600"), canary.trace
+    )
+    spans = ship(canary, chain("call-ordinary"))
+    marked = {s["attributes"]["bem.call.id"] if s["parent"] is None else s["trace_id"]: s for s in spans}
+    canary_trace = trace_id_for("call-canary")
+    assert len(spans) == 8
+    for span in spans:
+        synthetic = span["attributes"].get("bem.synthetic")
+        assert synthetic is (True if span["trace_id"] == canary_trace else None), span["name"]
+    assert marked["call-canary"]["attributes"]["bem.call.reference_id"].startswith(CANARY_REFERENCE_PREFIX)

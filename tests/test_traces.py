@@ -3,28 +3,35 @@ recovery with identical spans, console and none, and that nothing secret leaves.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from otlp_receiver import GrpcReceiver, HttpReceiver, receiver_for
 
+from exporter import __version__
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
+from exporter.ids import NUMBER_OUT_OF_RANGE, UNBUILDABLE
+from exporter.otlp import SpanEncoder
 from exporter.pipeline import FinishedCall, NullObserver
-from exporter.spans import UNBUILDABLE, SpanBuilder, make_resource
-from exporter.traces import (
-    OtlpSpanExporter,
-    build_span_exporter,
-    chunked,
-    grpc_insecure,
-    safe_endpoint,
-)
+from exporter.spans import SpanBuilder, make_resource
+from exporter.traces import OtlpSpanExporter, build_span_exporter, grpc_insecure
+from exporter.traces.transport import Outcome
 
 TIMEOUT = 1.0
 SLACK = 1.5  # scheduling, connection set-up, the SDK's jittered backoff
@@ -260,16 +267,15 @@ def test_anomalies_count_once_per_delivered_call(receiver: GrpcReceiver | HttpRe
     assert recorder.anomalies == ["multiple_roots"]
 
 
-def test_large_batches_are_split_into_bounded_requests(
-    receiver: GrpcReceiver | HttpReceiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("exporter.traces.MAX_ITEMS_PER_REQUEST", 4)
-    sink = build_span_exporter(settings_for(receiver), NullObserver())
+def test_large_batches_are_split_into_bounded_requests(receiver: GrpcReceiver | HttpReceiver) -> None:
+    limit = 1500
+    sink = build_span_exporter(settings_for(receiver), NullObserver(), max_request_bytes=limit)
     try:
         assert sink.export(BATCH) == SPANS_IN_BATCH
     finally:
         sink.shutdown()
     assert len(receiver.requests()) > 1
+    assert all(len(body) <= limit for body in receiver.raw())
     assert len(receiver.spans()) == SPANS_IN_BATCH
 
 
@@ -294,36 +300,34 @@ def test_export_after_shutdown_fails_without_raising() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class _StuckSdkExporter:
-    """An SDK exporter that hangs like old releases did while backing off."""
+class _StuckTransport:
+    """A transport whose request hangs (a backend that trickles its answer)."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
         self.calls = 0
 
-    def export(self, spans: Sequence[Any]) -> Any:
+    def send(self, body: bytes) -> Outcome:
         self.calls += 1
         self.release.wait(10)
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        return Outcome("accepted")
 
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
+    def close(self) -> None:
         self.release.set()
 
 
-class _RaisingSdkExporter(_StuckSdkExporter):
-    def export(self, spans: Sequence[Any]) -> Any:
+class _RaisingTransport(_StuckTransport):
+    def send(self, body: bytes) -> Outcome:
         raise RuntimeError("surprise")
 
 
-def _sink_with(delegate: Any, timeout: float = 0.3) -> OtlpSpanExporter:
+def _sink_with(transport: Any, timeout: float = 0.3) -> OtlpSpanExporter:
     settings = TraceSettings(endpoint="http://127.0.0.1:9/v1/traces", timeout=timeout)
-    return OtlpSpanExporter(SpanBuilder(resource=make_resource("bem")), settings, NullObserver(), delegate=delegate)
+    return OtlpSpanExporter(SpanBuilder(resource=make_resource("bem")), settings, NullObserver(), transport=transport)
 
 
-def test_a_stuck_sdk_export_is_abandoned_after_the_timeout() -> None:
-    stuck = _StuckSdkExporter()
+def test_a_stuck_request_is_abandoned_after_the_timeout() -> None:
+    stuck = _StuckTransport()
     sink = _sink_with(stuck)
     try:
         result, seconds = timed_export(sink, BATCH)
@@ -338,8 +342,8 @@ def test_a_stuck_sdk_export_is_abandoned_after_the_timeout() -> None:
         sink.shutdown()
 
 
-def test_an_sdk_exception_is_a_failed_export() -> None:
-    sink = _sink_with(_RaisingSdkExporter())
+def test_a_transport_exception_is_a_failed_export() -> None:
+    sink = _sink_with(_RaisingTransport())
     try:
         assert sink.export(BATCH) is None
     finally:
@@ -383,17 +387,17 @@ def test_grpc_security_follows_the_scheme() -> None:
     assert not grpc_insecure(TraceSettings(endpoint="collector:4317", protocol="grpc"))
 
 
-def test_safe_endpoint_hides_credentials() -> None:
-    assert safe_endpoint("https://user:pw@otlp.example.com:443/v1/traces?token=abc") == (
-        "https://otlp.example.com:443/v1/traces"
-    )
-
-
-def test_chunks_hold_at_least_one_span() -> None:
-    spans = SpanBuilder().build(BATCH[0])
-    sizes = [len(chunk) for chunk in chunked(spans, 1)]
-    assert sizes == [1, 1, 1]
-    assert [len(chunk) for chunk in chunked(spans, 100)] == [3]
+def test_requests_hold_at_least_one_span_and_keep_a_call_together() -> None:
+    builder = SpanBuilder()
+    calls = [builder.build(finished) for finished in BATCH]
+    tiny = SpanEncoder().encode_requests(calls, 1)
+    assert [request.spans for request in tiny] == [1] * SPANS_IN_BATCH
+    assert [request.owners for request in tiny] == [(0,), (0,), (0,), (1,), (1,), (1,)]
+    whole = SpanEncoder().encode_requests(calls, 10**6)
+    assert [(request.spans, request.owners) for request in whole] == [(SPANS_IN_BATCH, (0, 1))]
+    one_call = len(SpanEncoder().encode(calls[0])) + 50
+    halves = SpanEncoder().encode_requests(calls, one_call)
+    assert [(request.spans, request.owners) for request in halves] == [(3, (0,)), (3, (1,))]
 
 
 def test_a_call_that_cannot_be_built_is_skipped_and_counted(receiver: GrpcReceiver | HttpReceiver) -> None:
@@ -407,3 +411,265 @@ def test_a_call_that_cannot_be_built_is_skipped_and_counted(receiver: GrpcReceiv
     finally:
         sink.shutdown()
     assert recorder.anomalies.count(UNBUILDABLE) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The path that runs: our encoder's bytes, our transport, the OTLP environment
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_receiver_gets_our_encoders_bytes_from_our_transport(receiver: GrpcReceiver | HttpReceiver) -> None:
+    builder = SpanBuilder(resource=make_resource("bem"))
+    expected = SpanEncoder().encode([span for finished in BATCH for span in builder.build(finished)])
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    assert receiver.raw() == [expected]
+    (headers,) = receiver.headers()
+    assert headers["user-agent"].startswith(f"bem-exporter/{__version__}")
+    assert headers["x-vendor-key"] == VENDOR_KEY
+
+
+def test_http_gzip_from_the_otlp_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    with HttpReceiver() as receiver:
+        sink = build_span_exporter(settings_for(receiver), NullObserver())
+        try:
+            assert sink.export(BATCH) == SPANS_IN_BATCH
+        finally:
+            sink.shutdown()
+        (headers,) = receiver.headers()
+        assert headers["content-encoding"] == "gzip"
+        assert int(headers["content-length"]) < len(receiver.raw()[0])
+        assert len(receiver.spans()) == SPANS_IN_BATCH
+
+
+def test_a_receiver_that_never_answers_costs_one_timeout(receiver: GrpcReceiver | HttpReceiver) -> None:
+    sink = build_span_exporter(settings_for(receiver), NullObserver())
+    try:
+        receiver.set_hang()
+        result, seconds = timed_export(sink, BATCH)
+        assert result is None
+        assert seconds < TIMEOUT + SLACK
+        receiver.set_hang(False)
+        time.sleep(0.2)  # the abandoned request returns once the receiver lets go
+        assert sink.export(BATCH) == SPANS_IN_BATCH
+    finally:
+        sink.shutdown()
+    assert len(receiver.spans()) == SPANS_IN_BATCH
+
+
+@pytest.fixture(scope="module")
+def certificate() -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1 and its key, PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_tls_trusts_the_certificate_from_the_otlp_environment(
+    protocol: str, certificate: tuple[bytes, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with receiver_for(protocol, tls=certificate) as receiver:
+        assert receiver.endpoint.startswith("https://")
+        untrusting = build_span_exporter(settings_for(receiver), NullObserver())
+        try:
+            assert untrusting.export(BATCH) is None  # an unknown certificate is refused
+        finally:
+            untrusting.shutdown()
+        ca = tmp_path / "ca.pem"
+        ca.write_bytes(certificate[0])
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", str(ca))
+        sink = build_span_exporter(settings_for(receiver), NullObserver())
+        try:
+            assert sink.export(BATCH) == SPANS_IN_BATCH
+        finally:
+            sink.shutdown()
+        assert len(receiver.spans()) == SPANS_IN_BATCH
+        assert receiver.headers()[0]["x-vendor-key"] == VENDOR_KEY
+
+
+# ---------------------------------------------------------------------------------------------
+# Refused batches: isolated to the offending call, everything else flows
+# ---------------------------------------------------------------------------------------------
+
+POISON = "POISONED-NAME-5f1"
+
+
+class Counting(NullObserver):
+    def __init__(self) -> None:
+        self.dropped = 0
+        self.anomalies: list[str] = []
+
+    def spans_dropped(self, calls: int) -> None:
+        self.dropped += calls
+
+    def trace_anomaly(self, kind: str) -> None:
+        self.anomalies.append(kind)
+
+
+def renamed(finished: FinishedCall, workflow_name: str) -> FinishedCall:
+    return FinishedCall(msgspec.structs.replace(finished.call, workflow_name=workflow_name), finished.trace)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_call_the_backend_refuses_is_dropped_alone(protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    calls = [payload(f"call-p{i}", status="completed") for i in range(7)]
+    calls[4] = renamed(calls[4], POISON)
+    observer = Counting()
+    with receiver_for(protocol, poison=POISON.encode()) as receiver:
+        sink = build_span_exporter(settings_for(receiver), observer)
+        try:
+            assert sink.export(calls) == 6 * 3
+            assert observer.dropped == 1
+            later = [payload("call-later", status="completed")]
+            assert sink.export(later) == 3
+        finally:
+            sink.shutdown()
+        delivered = {span["attributes"]["bem.call.id"] for span in receiver.spans() if span["parent"] is None}
+        assert receiver.refused and set(receiver.refused) == {"poison"}
+    assert delivered == {f"call-p{i}" for i in range(7) if i != 4} | {"call-later"}
+    dropped_lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(dropped_lines) == 1 and "call-p4" in dropped_lines[0]
+    assert not [r for r in caplog.records if "failing" in r.getMessage()]  # not reported as an outage
+
+
+def big_call(call_id: str, names: int = 40) -> FinishedCall:
+    """A call whose spans are large: function names of 900 characters."""
+    finished = payload(call_id, status="completed")
+    first, second = finished.trace.function_calls
+    steps = [first] + [
+        msgspec.structs.replace(second, function_call_id=f"{call_id}-{i}", function_name=f"{i:04d}" + "n" * 896)
+        for i in range(names)
+    ]
+    return FinishedCall(finished.call, msgspec.structs.replace(finished.trace, function_calls=tuple(steps)))
+
+
+def test_a_request_too_large_for_the_backend_is_split_until_it_fits() -> None:
+    calls = [big_call(f"call-big{i}") for i in range(8)]
+    spans = sum(1 + len(c.trace.function_calls) for c in calls)
+    observer = Counting()
+    with HttpReceiver(max_body=150_000) as receiver:
+        sink = build_span_exporter(settings_for(receiver), observer)
+        try:
+            assert sink.export(calls) == spans
+        finally:
+            sink.shutdown()
+        assert "too_large" in receiver.refused
+        assert len(receiver.spans()) == spans
+    assert observer.dropped == 0
+
+
+def test_requests_stay_under_the_configured_size(receiver: GrpcReceiver | HttpReceiver) -> None:
+    receiver.max_body = 64 * 1024
+    receiver.restart()
+    calls = [big_call(f"call-sized{i}") for i in range(6)]
+    spans = sum(1 + len(c.trace.function_calls) for c in calls)
+    sink = build_span_exporter(settings_for(receiver), NullObserver(), max_request_bytes=60 * 1024)
+    try:
+        assert sink.export(calls) == spans
+    finally:
+        sink.shutdown()
+    assert receiver.refused == []
+    assert len(receiver.requests()) > 1 and all(len(body) <= 60 * 1024 for body in receiver.raw())
+
+
+def test_an_integer_beyond_int64_is_clamped_and_counted(receiver: GrpcReceiver | HttpReceiver) -> None:
+    finished = payload("call-huge-version", status="completed")
+    huge = FinishedCall(msgspec.structs.replace(finished.call, workflow_version=10**30), finished.trace)
+    observer = Counting()
+    sink = build_span_exporter(settings_for(receiver), observer)
+    try:
+        assert sink.export([huge]) == 3
+        assert sink.export([payload("call-after")]) == 3
+    finally:
+        sink.shutdown()
+    root = next(s for s in receiver.spans() if s["attributes"]["bem.call.id"] == "call-huge-version")
+    assert root["attributes"]["bem.workflow.version"] == 2**63 - 1
+    assert observer.anomalies == [NUMBER_OUT_OF_RANGE]
+
+
+class CountingProxy:
+    """A TCP relay on loopback that counts the bytes the client sends (what is on the wire)."""
+
+    def __init__(self, port: int) -> None:
+        self.sent = 0
+        self._target = port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if count:
+                    self.sent += len(data)
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_grpc_gzip_from_the_otlp_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = [big_call(f"call-gz{i}") for i in range(3)]
+    spans = sum(1 + len(c.trace.function_calls) for c in calls)
+    sent: dict[str, int] = {}
+    with GrpcReceiver() as receiver:
+        for compression in ("none", "gzip"):
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", compression)
+            proxy = CountingProxy(receiver.port)
+            settings = settings_for(receiver, endpoint=f"http://127.0.0.1:{proxy.port}")
+            sink = build_span_exporter(settings, NullObserver())
+            try:
+                assert sink.export(calls) == spans
+            finally:
+                sink.shutdown()
+                proxy.close()
+            sent[compression] = proxy.sent
+        body = len(receiver.raw()[0])
+    assert sent["none"] > body > 4 * sent["gzip"]
+
+
+def test_an_unreadable_certificate_file_warns_and_uses_the_system_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tmp_path / "missing.pem"))
+    with HttpReceiver() as receiver:
+        sink = build_span_exporter(settings_for(receiver), NullObserver())
+        try:
+            assert sink.export(BATCH) == SPANS_IN_BATCH  # a plaintext endpoint needs no CA anyway
+        finally:
+            sink.shutdown()
+    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in caplog.text and "cannot be used" in caplog.text

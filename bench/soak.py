@@ -336,7 +336,7 @@ def run_soak(
     figures.export_lag_p99_bucket = _bucket_quantile(lag, 0.99)
 
     # Freshness of the calls that finished between the warm-up and the end of the run.
-    from exporter.spans import trace_id_int
+    from exporter.ids import trace_id_int
 
     lags: list[float] = []
     late = 0

@@ -11,7 +11,7 @@ from otlp_receiver import HttpReceiver
 from processes import ExporterProcess
 
 from exporter.bem.simulator import Simulator
-from exporter.spans import trace_id_for
+from exporter.ids import trace_id_for
 
 
 def log_records(exporter: ExporterProcess) -> list[dict[str, Any]]:

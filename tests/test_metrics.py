@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import MetricsSettings
+from exporter.ids import function_call_span_id_for, trace_id_for
 from exporter.metrics import Metrics
 from exporter.pipeline import CycleReport, FinishedCall
-from exporter.spans import function_call_span_id_for, trace_id_for
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 T0 = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)

@@ -11,8 +11,8 @@ import pytest
 
 from exporter.bem.simulator import CONTENT_MARKER, URL_MARKER
 from exporter.config import BasicAuth, Secret
+from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall
-from exporter.spans import trace_id_for
 from exporter.status import (
     CALLS_KEPT,
     CONTENT_SECURITY_POLICY,

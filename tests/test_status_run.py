@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
-from exporter.spans import trace_id_for
+from exporter.ids import trace_id_for
 from tests.browser import load_page
 from tests.processes import ExporterProcess, wait_until
 

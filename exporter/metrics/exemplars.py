@@ -1,6 +1,6 @@
 """Exemplar labels: the trace (and span) a latency observation came from.
 
-Ids are derived, like the spans' ids, from bem's ids (`exporter.spans`), so an exemplar links
+Ids are derived, like the spans' ids, from bem's ids (`exporter.ids`), so an exemplar links
 to the trace the span exporter sent. They are computed when a scrape renders the exemplar,
 not when one is recorded (most recorded exemplars are replaced before any scrape sees them),
 and cached because the same exemplar is rendered on every scrape until it is replaced.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from exporter.spans import function_call_span_id_for, trace_id_for
+from exporter.ids import function_call_span_id_for, trace_id_for
 
 _CACHE_SIZE = 8192
 """Above the number of exemplar slots of a typical deployment (series x buckets)."""

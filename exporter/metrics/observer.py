@@ -16,10 +16,7 @@ from typing import Final
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter.bem.models import Call
-from exporter.metrics.labels import LabelPolicy
-from exporter.metrics.store import HistogramSpec, Key, Row, histogram_family, le_labels
-from exporter.pipeline import CycleReport
-from exporter.spans import (
+from exporter.ids import (
     CYCLE,
     DUPLICATE_ID,
     END_BEFORE_START,
@@ -31,6 +28,9 @@ from exporter.spans import (
     UNKNOWN_PARENT,
     UNKNOWN_SOURCE_EVENT,
 )
+from exporter.metrics.labels import LabelPolicy
+from exporter.metrics.store import HistogramSpec, Key, Row, histogram_family, le_labels
+from exporter.pipeline import CycleReport
 
 POLL_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 API_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

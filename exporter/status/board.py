@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
 from exporter.redact import MASK, redact_text
-from exporter.spans import trace_id_for
 
 Role = Literal["single", "leader", "standby"]
 SettingSource = Literal["flag", "environment", "file", "default"]

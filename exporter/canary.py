@@ -47,7 +47,7 @@ RESULTS: Final[tuple[Result, ...]] = get_args(Result)
 REFERENCE_PREFIX: Final = "bem-exporter-canary-"
 DURATION_BUCKETS: Final = (1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0)
 
-RUNS: Final = "bem_canary_runs"
+RUNS: Final = "bem_canary_runs_total"
 DURATION: Final = "bem_canary_duration_seconds"
 SUCCESS: Final = "bem_canary_success"
 LAST_SUCCESS: Final = "bem_canary_last_success_timestamp_seconds"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -628,6 +631,8 @@ def test_multipart_workflow_call() -> None:
         assert client.post(path, files={"file": ("a.pdf", b"")}).json()["details"] == {"field": "file"}
         assert client.post(path, files={"other": ("a.pdf", DOCUMENT)}).status_code == 400
         assert client.post(path, files={"file": ("noextension", DOCUMENT)}).status_code == 400
+        bad_metadata = client.post(path, files={"file": ("a.pdf", DOCUMENT)}, data={"metadata": "{oops"})
+        assert bad_metadata.json()["details"] == {"field": "metadata"}
         assert len(sim) == 2
 
 
@@ -694,6 +699,35 @@ def test_canary_faults_over_http() -> None:
         with httpx.Client(base_url=str(client.base_url)) as anonymous:
             assert anonymous.post("/_simulator/canary", json={"outcome": "normal"}).status_code == 401
         assert sim.config.faults.canary_outcome == "hang"
+
+
+def test_simulate_command_takes_the_canary_faults() -> None:
+    command = [sys.executable, "-m", "exporter", "simulate", "--listen", "127.0.0.1:0", "--rate", "0"]
+    process = subprocess.Popen(
+        [*command, "--canary-outcome", "hang", "--canary-reject", "429"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stderr is not None
+        url = ""
+        while not url:
+            line = process.stderr.readline()
+            assert line, "the simulator exited before listening"
+            found = re.search(r"listening on (http://\S+)", line)
+            url = found.group(1) if found else ""
+        with httpx.Client(base_url=url, headers=KEY) as client:
+            path = "/v3/workflows/invoice-intake/call"
+            assert client.post(path, json=single(callReferenceID=CANARY_REF)).status_code == 429
+            assert client.post("/_simulator/canary", json={"reject": None}).json() == {
+                "outcome": "hang",
+                "reject": None,
+            }
+            assert client.post(path, json=single(callReferenceID=CANARY_REF)).status_code == 202
+    finally:
+        process.terminate()
+        process.wait(10)
+    refused = subprocess.run([*command, "--canary-reject", "302"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("bem-exporter: error: simulate: canary_reject")
 
 
 def test_canary_fault_settings_are_validated() -> None:

@@ -171,7 +171,10 @@ def workflow_call_form(workflow_name: str, fields: Mapping[str, str], files: lis
     if any(file.size == 0 for file in files):
         raise BadRequestError("an attached file is empty", "file")
     if "metadata" in fields:
-        _check_metadata(decode_json(fields["metadata"].encode()))
+        try:
+            _check_metadata(_decode(fields["metadata"]))
+        except msgspec.DecodeError:
+            raise BadRequestError("metadata must be a JSON object", "metadata") from None
     kinds = [_type_of_file(file, fields.get("inputType")) for file in files]
     return CallRequest(
         workflow_name=workflow_name,

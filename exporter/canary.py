@@ -78,6 +78,7 @@ class _State(msgspec.Struct, frozen=True):
     """All the canary knows; the snapshot is this, as JSON."""
 
     version: int = 1
+    workflow_name: str = ""
     last_submitted_at: float | None = None
     in_flight: InFlight | None = None
     runs: dict[str, int] = msgspec.field(default_factory=dict)
@@ -129,7 +130,11 @@ class Canary:
         self.commit_lock = asyncio.Lock()
 
     def _empty(self) -> _State:
-        return _State(runs=dict.fromkeys(RESULTS, 0), bucket_counts=(0,) * (len(self._buckets) + 1))
+        return _State(
+            workflow_name=self.workflow_name,
+            runs=dict.fromkeys(RESULTS, 0),
+            bucket_counts=(0,) * (len(self._buckets) + 1),
+        )
 
     # --- what is due -----------------------------------------------------------------------------
 
@@ -224,6 +229,11 @@ class Canary:
             state = _decode_state(snapshot)
         except msgspec.DecodeError:
             log.error("the canary's saved state is unreadable; the canary starts afresh")
+            return
+        if state.workflow_name != self.workflow_name:
+            # its counts and its call in flight belong to another workflow's series
+            log.warning("the canary's workflow changed; its counts start at zero")
+            self._published = self._empty()
             return
         if len(state.bucket_counts) != len(self._buckets) + 1:
             log.warning("the canary's duration buckets changed; its duration histogram restarts at zero")

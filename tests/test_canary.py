@@ -259,6 +259,17 @@ def test_an_unreadable_snapshot_starts_afresh(caplog: pytest.LogCaptureFixture) 
     assert fresh.in_flight is None and "unreadable" in caplog.text
 
 
+def test_a_snapshot_of_another_workflow_is_not_taken_over() -> None:
+    canary = make()
+    submitted(canary)
+    canary.stage([finished("cl_1", "completed", T0 + 9)])
+    canary.publish()
+    other = Canary("another-workflow", INTERVAL, TIMEOUT)
+    other.restore(canary.snapshot())
+    assert other.due(T0) and other.view().last_result is None
+    assert samples(other)['bem_canary_runs_total{result="success",workflow_name="another-workflow"}'] == 0
+
+
 def test_references_are_fresh_and_recognisable() -> None:
     references = {new_reference(T0) for _ in range(50)}
     assert len(references) == 50

@@ -97,6 +97,15 @@ def _simulator_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--failure-rate", type=float, default=0.15, help="share of calls that fail (0.15)")
     command.add_argument("--api-key", default="sim-key", help="the key the simulator accepts (sim-key)")
     command.add_argument("--no-auth", action="store_true", help="accept requests without a key")
+    command.add_argument(
+        "--canary-outcome",
+        choices=("normal", "fail", "hang"),
+        default="normal",
+        help="what becomes of canary calls (callReferenceID bem-exporter-canary-*): normal, fail or hang",
+    )
+    command.add_argument(
+        "--canary-reject", type=int, metavar="STATUS", help="answer canary create requests with this HTTP status"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,7 +153,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from exporter.bem.simulator import SimulatorConfig, serve
+    from exporter.bem.simulator import Faults, SimulatorConfig, serve
 
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():
@@ -158,6 +167,7 @@ def _simulate(args: argparse.Namespace) -> int:
         latency=args.latency,
         failure_rate=args.failure_rate,
         api_key=None if args.no_auth else args.api_key,
+        faults=Faults(canary_outcome=args.canary_outcome, canary_reject=args.canary_reject),
     )
     try:
         config.validate()

@@ -41,6 +41,7 @@ COUNTERS = (
     "bem_exporter_trace_anomalies_total",
     "bem_exporter_calls_abandoned_total",
     "bem_exporter_label_overflow_total",
+    "bem_canary_runs_total",
 )
 HISTOGRAMS = (
     "bem_call_duration_seconds",
@@ -50,6 +51,7 @@ HISTOGRAMS = (
     "bem_exporter_poll_duration_seconds",
     "bem_exporter_api_request_duration_seconds",
     "bem_exporter_export_lag_seconds",
+    "bem_canary_duration_seconds",
 )
 GAUGES = (
     "bem_calls_in_progress",
@@ -59,6 +61,8 @@ GAUGES = (
     "bem_exporter_tracked_calls",
     "bem_exporter_export_backlog_calls",
     "bem_exporter_build_info",
+    "bem_canary_success",
+    "bem_canary_last_success_timestamp_seconds",
 )
 EXPORTED_METRICS = COUNTERS + HISTOGRAMS + GAUGES
 """The metric families bem-exporter exposes (docs/metrics.md, DESIGN.md section 1)."""

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import bem
 import httpx
 import pytest
 
@@ -519,6 +524,7 @@ def test_post_v3_workflow_call() -> None:
         call = response.json()["call"]
         assert call["status"] == "pending" and call["callType"] == "workflow" and call["callReferenceID"] == "R-1"
         assert call["workflowName"] == "contract-review" and call["url"].endswith(call["callID"])
+        body = {**body, "callReferenceID": "R-2"}
         waited = client.post("/v3/workflows/receipt-extract/call", params={"wait": "true"}, json=body, timeout=10)
         assert waited.status_code in (200, 500)
         finished = waited.json()
@@ -528,6 +534,207 @@ def test_post_v3_workflow_call() -> None:
         assert client.post("/v3/workflows/contract-review/call", json={}).status_code == 400
         bad = {"input": {"singleFile": {"inputContent": "aGk=", "inputType": "exe"}}}
         assert client.post("/v3/workflows/contract-review/call", json=bad).status_code == 400
+
+
+# -- creating calls: bodies, validation, references, canary faults -----------------------------
+
+DOCUMENT = b"%PDF-1.7 canary document SECRET-DOCUMENT-BYTES"
+DOCUMENT_B64 = base64.b64encode(DOCUMENT).decode()
+CANARY_REF = "bem-exporter-canary-0001"
+
+
+def single(content: str = DOCUMENT_B64, kind: str = "pdf", **extra: Any) -> dict[str, Any]:
+    return {"input": {"singleFile": {"inputContent": content, "inputType": kind}}, **extra}
+
+
+def test_sdk_workflows_call_creates_a_call_that_runs_like_any_other() -> None:
+    clock = ManualClock()
+    with served(clock=clock, arrival_rate=0) as (sim, server, client):
+        sdk = bem.Bem(api_key="sim-key", base_url=server.url, max_retries=0)
+        created = sdk.workflows.call(
+            "invoice-intake",
+            input={"single_file": {"input_content": DOCUMENT_B64, "input_type": "jfif"}},
+            call_reference_id=CANARY_REF,
+            metadata={"probe": True},
+        )
+        call = created.call
+        assert call is not None and call.status == "pending" and call.call_type == "workflow"
+        assert call.call_reference_id == CANARY_REF and call.workflow_name == "invoice-intake"
+        assert call.input is not None and call.input.single_file is not None
+        assert call.input.single_file.input_type == "jpeg"
+        batch = sdk.workflows.call(
+            "claims-triage",
+            input={"batch_files": {"inputs": [{"input_content": DOCUMENT_B64, "input_type": "pdf"}] * 3}},
+        ).call
+        assert batch is not None and batch.input is not None and batch.input.batch_files is not None
+        assert len(batch.input.batch_files.inputs or []) == 3
+        clock.advance(3600)
+        listed = client.get("/v3/calls", params={"referenceIDs": CANARY_REF}).json()["calls"]
+        assert [c["callID"] for c in listed] == [call.call_id]
+        assert listed[0]["status"] in FINISHED and "finishedAt" in listed[0]
+        trace = client.get(f"/v3/calls/{call.call_id}/trace").json()["trace"]
+        assert trace["functionCalls"] and trace["events"]
+        assert sim.requests["POST /v3/workflows/{workflowName}/call"] == 2
+
+
+def test_sdk_call_without_a_valid_key_is_401() -> None:
+    with served(arrival_rate=0) as (sim, server, _client):
+        sdk = bem.Bem(api_key="wrong", base_url=server.url, max_retries=0)
+        with pytest.raises(bem.AuthenticationError) as refused:
+            sdk.workflows.call("invoice-intake", input={"single_file": {"input_content": "aGk=", "input_type": "pdf"}})
+        assert refused.value.status_code == 401
+        assert refused.value.body == {"message": refused.value.body["message"], "code": "unauthorized"}
+        with httpx.Client(base_url=server.url) as anonymous:
+            assert anonymous.post("/v2/calls", json={"calls": [{"workflowName": "invoice-intake"}]}).status_code == 401
+        assert len(sim) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "input"),
+        ({"input": {}}, "input"),
+        ({"input": {"singleFile": {"inputType": "pdf"}}}, "input.singleFile.inputContent"),
+        (single(content="not base64!"), "input.singleFile.inputContent"),
+        (single(content=""), "input.singleFile.inputContent"),
+        (single(kind="exe"), "input.singleFile.inputType"),
+        ({"input": {"singleFile": {"inputContent": "aGk="}}}, "input.singleFile.inputType"),
+        ({"input": {"batchFiles": {"inputs": []}}}, "input.batchFiles.inputs"),
+        ({"input": {"batchFiles": {"inputs": [{"inputContent": "aGk=", "inputType": "nope"}]}}}, None),
+        (single(callReferenceID=7), "callReferenceID"),
+        (single(metadata=[1]), "metadata"),
+        (single(metadata={"pad": "x" * 5000}), "metadata"),
+    ],
+)
+def test_workflow_call_validation_errors(body: dict[str, Any], field: str | None) -> None:
+    with served(arrival_rate=0) as (sim, _server, client):
+        response = client.post("/v3/workflows/invoice-intake/call", json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()
+        assert error["code"] == "invalid_request" and error["message"]
+        if field is not None:
+            assert error["details"] == {"field": field}
+        assert len(sim) == 0
+
+
+def test_multipart_workflow_call() -> None:
+    with served(arrival_rate=0) as (sim, _server, client):
+        path = "/v3/workflows/receipt-extract/call"
+        response = client.post(path, files={"file": ("scan.PNG", DOCUMENT)}, data={"callReferenceID": "MP-1"})
+        assert response.status_code == 202, response.text
+        call = response.json()["call"]
+        assert call["callReferenceID"] == "MP-1" and call["input"]["singleFile"]["inputType"] == "png"
+        several = [("files", ("a.bin", DOCUMENT)), ("files", ("b.bin", DOCUMENT))]
+        response = client.post(path, files=several, data={"inputType": "pdf"})
+        assert response.status_code == 202, response.text
+        assert [f["inputType"] for f in response.json()["call"]["input"]["batchFiles"]["inputs"]] == ["pdf", "pdf"]
+        assert client.post(path, files={"file": ("a.pdf", b"")}).json()["details"] == {"field": "file"}
+        assert client.post(path, files={"other": ("a.pdf", DOCUMENT)}).status_code == 400
+        assert client.post(path, files={"file": ("noextension", DOCUMENT)}).status_code == 400
+        bad_metadata = client.post(path, files={"file": ("a.pdf", DOCUMENT)}, data={"metadata": "{oops"})
+        assert bad_metadata.json()["details"] == {"field": "metadata"}
+        assert len(sim) == 2
+
+
+def test_a_reference_seen_before_returns_the_existing_call() -> None:
+    with served(arrival_rate=0) as (sim, _server, client):
+        first = client.post("/v3/workflows/invoice-intake/call", json=single(callReferenceID="REF-1"))
+        again = client.post("/v3/workflows/invoice-intake/call", json=single(callReferenceID="REF-1"))
+        assert (first.status_code, again.status_code) == (202, 200)
+        assert again.json()["call"]["callID"] == first.json()["call"]["callID"]
+        v2 = client.post("/v2/calls", json={"calls": [{"workflowName": "invoice-intake", "callReferenceID": "REF-1"}]})
+        assert v2.json()["calls"][0]["callID"] == first.json()["call"]["callID"]
+        assert len(sim) == 1
+
+
+def test_documents_are_never_echoed() -> None:
+    with served(arrival_rate=0) as (_sim, _server, client):
+        response = client.post("/v3/workflows/invoice-intake/call", json=single(callReferenceID=CANARY_REF))
+        listed = client.get("/v3/calls").text
+        for text in (response.text, listed):
+            assert DOCUMENT_B64 not in text and "SECRET-DOCUMENT-BYTES" not in text
+
+
+@pytest.mark.parametrize("outcome", ["fail", "hang"])
+def test_canary_calls_can_be_made_to_fail_or_hang(outcome: str) -> None:
+    clock = ManualClock()
+    with served(clock=clock, arrival_rate=0, failure_rate=0.0) as (sim, _server, client):
+        sim.config.faults.canary_outcome = outcome  # type: ignore[assignment]
+        canary = client.post("/v3/workflows/invoice-intake/call", json=single(callReferenceID=CANARY_REF))
+        v2 = client.post(
+            "/v2/calls", json={"calls": [{"workflowName": "invoice-intake", "callReferenceID": CANARY_REF + "-v2"}]}
+        )
+        other = client.post("/v3/workflows/invoice-intake/call", json=single(callReferenceID="INV-ORDINARY"))
+        clock.advance(24 * 3600)
+        expected = "failed" if outcome == "fail" else "running"
+        assert sim.status(canary.json()["call"]["callID"]) == expected
+        assert sim.status(v2.json()["calls"][0]["callID"]) == expected
+        assert sim.status(other.json()["call"]["callID"]) == "completed"
+
+
+@pytest.mark.parametrize("status", [500, 429, 401, 400])
+def test_canary_creation_can_be_refused(status: int) -> None:
+    with served(arrival_rate=0) as (sim, _server, client):
+        sim.config.faults.canary_reject = status
+        refused = client.post("/v3/workflows/invoice-intake/call", json=single(callReferenceID=CANARY_REF))
+        assert refused.status_code == status
+        assert set(refused.json()) >= {"message", "code"}
+        v2 = client.post(
+            "/v2/calls", json={"calls": [{"workflowName": "invoice-intake", "callReferenceID": CANARY_REF}]}
+        )
+        assert v2.status_code == status
+        assert client.post("/v3/workflows/invoice-intake/call", json=single()).status_code == 202
+        assert len(sim) == 1  # only the ordinary call
+
+
+def test_canary_faults_over_http() -> None:
+    clock = ManualClock()
+    with served(clock=clock, arrival_rate=0) as (sim, _server, client):
+        set_faults = client.post("/_simulator/canary", json={"outcome": "hang", "reject": 503})
+        assert set_faults.json() == {"outcome": "hang", "reject": 503}
+        assert (sim.config.faults.canary_outcome, sim.config.faults.canary_reject) == ("hang", 503)
+        assert client.post("/_simulator/canary", json={"outcome": "explode"}).status_code == 400
+        assert client.post("/_simulator/canary", json={"reject": 200}).status_code == 400
+        assert client.post("/_simulator/canary", json={"reject": None}).json() == {"outcome": "hang", "reject": None}
+        with httpx.Client(base_url=str(client.base_url)) as anonymous:
+            assert anonymous.post("/_simulator/canary", json={"outcome": "normal"}).status_code == 401
+        assert sim.config.faults.canary_outcome == "hang"
+
+
+def test_simulate_command_takes_the_canary_faults() -> None:
+    command = [sys.executable, "-m", "exporter", "simulate", "--listen", "127.0.0.1:0", "--rate", "0"]
+    process = subprocess.Popen(
+        [*command, "--canary-outcome", "hang", "--canary-reject", "429"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stderr is not None
+        url = ""
+        while not url:
+            line = process.stderr.readline()
+            assert line, "the simulator exited before listening"
+            found = re.search(r"listening on (http://\S+)", line)
+            url = found.group(1) if found else ""
+        with httpx.Client(base_url=url, headers=KEY) as client:
+            path = "/v3/workflows/invoice-intake/call"
+            assert client.post(path, json=single(callReferenceID=CANARY_REF)).status_code == 429
+            assert client.post("/_simulator/canary", json={"reject": None}).json() == {
+                "outcome": "hang",
+                "reject": None,
+            }
+            assert client.post(path, json=single(callReferenceID=CANARY_REF)).status_code == 202
+    finally:
+        process.terminate()
+        process.wait(10)
+    refused = subprocess.run([*command, "--canary-reject", "302"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("bem-exporter: error: simulate: canary_reject")
+
+
+def test_canary_fault_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="canary_reject"):
+        Faults(canary_reject=302).validate()
+    with pytest.raises(ValueError, match="canary_outcome"):
+        Faults(canary_outcome="late").validate()  # type: ignore[arg-type]
 
 
 # -- faults ------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ the benchmarks' load.
 A seeded workload of workflow calls (DAGs of function calls emitting events) arrives, queues,
 runs and finishes with the clock; the HTTP server answers `GET /v3/calls`, `GET /v3/calls/{id}`,
 `GET /v3/calls/{id}/trace`, `GET /v2/calls`, `GET /v2/calls/{id}`, `POST /v2/calls` and
-`POST /v3/workflows/{name}/call` like bem does, with optional injected faults.
+`POST /v3/workflows/{name}/call` like bem does, with optional injected faults. Calls whose
+callReferenceID starts `bem-exporter-canary-` can be made to fail, hang or be refused at
+creation (`Faults.canary_*`, or `POST /_simulator/canary` from another process).
 
     sim = Simulator(SimulatorConfig(seed=7, prefill=1000))
     with SimulatorServer(sim) as url:
@@ -12,15 +14,17 @@ runs and finishes with the clock; the HTTP server answers `GET /v3/calls`, `GET 
 """
 
 from .catalog import CONTENT_MARKER, URL_MARKER, WORKFLOWS
-from .config import Faults, SimulatorConfig
+from .config import CANARY_PREFIX, CanaryOutcome, Faults, SimulatorConfig
 from .model import Simulator, UnknownTargetError
 from .query import ListQuery, QueryError, parse_list_query
 from .server import SimulatorServer, serve
 
 __all__ = [
+    "CANARY_PREFIX",
     "CONTENT_MARKER",
     "URL_MARKER",
     "WORKFLOWS",
+    "CanaryOutcome",
     "Faults",
     "ListQuery",
     "QueryError",

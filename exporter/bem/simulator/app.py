@@ -7,10 +7,18 @@ import hmac
 from typing import Any
 
 import msgspec
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
-from .catalog import INPUT_TYPES
 from .config import Faults
+from .create import (
+    BadRequestError,
+    CallRequest,
+    FormFile,
+    decode_json,
+    v2_calls,
+    workflow_call_form,
+    workflow_call_json,
+)
 from .faults import FaultInjector, format_seconds
 from .model import Simulator, UnknownTargetError
 from .query import QueryError, parse_list_query
@@ -23,7 +31,6 @@ WAIT_LIMIT_SECONDS = 30.0
 """`POST /v3/workflows/{name}/call?wait=true` blocks at most this long."""
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 
 _ERROR_CODES = {
     400: "invalid_request",
@@ -180,125 +187,105 @@ async def get_trace_v3(request: web.Request) -> web.Response:
 # -- POST -------------------------------------------------------------------------------------
 
 
-class _BadRequestError(Exception):
-    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
+def _is_multipart(request: web.Request) -> bool:
+    return request.content_type.startswith("multipart/")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        doc = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise _BadRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise _BadRequestError("request body must be a JSON object")
-    return doc
+async def _form(request: web.Request) -> tuple[dict[str, str], list[FormFile]]:
+    """The fields and the `file`/`files` parts of a multipart body (file bytes only measured)."""
+    fields: dict[str, str] = {}
+    files: list[FormFile] = []
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader) or part.name is None:
+            continue
+        if part.name in ("file", "files"):
+            files.append(FormFile(part.filename or "", len(await part.read())))
+        else:
+            fields[part.name] = await part.text()
+    return fields, files
 
 
-def _optional_str(doc: dict[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    if value is None:
+async def _workflow_request(request: web.Request) -> tuple[CallRequest, bool]:
+    """The call a v3 workflow-call request asks for, and whether it asks to wait."""
+    name = request.match_info["workflowName"]
+    wait = request.query.get("wait", "")
+    if _is_multipart(request):
+        fields, files = await _form(request)
+        wait = fields.get("wait", wait)
+        return workflow_call_form(name, fields, files), wait.lower() in ("true", "1")
+    return workflow_call_json(name, decode_json(await request.read())), wait.lower() in ("true", "1")
+
+
+def _canary_refusal(faults: Faults, requests: list[CallRequest]) -> web.Response | None:
+    """The answer `Faults.canary_reject` asks for, when a request creates a canary call."""
+    status = faults.canary_reject
+    if status is None or not any(_is_canary(faults, r) for r in requests):
         return None
-    if not isinstance(value, str) or not value:
-        raise _BadRequestError(f"{key} must be a non-empty string", {"field": key})
-    return value
+    if status == 401:
+        return error_response(401, "missing or invalid API key: send it in the x-api-key header")
+    if status in _FAULT_MESSAGES:
+        return _fault_response(status, faults)
+    return error_response(status, "the call could not be created")
 
 
-def _input(doc: dict[str, Any], *, required: bool) -> tuple[str | None, int]:
-    """(inputType, number of batch files; 0 for a single file) of a call's `input`."""
-    value = doc.get("input")
-    if value is None:
-        if required:
-            raise _BadRequestError(
-                "input is required: provide exactly one of singleFile or batchFiles", {"field": "input"}
-            )
-        return None, 0
-    if not isinstance(value, dict) or ("singleFile" in value) == ("batchFiles" in value):
-        raise _BadRequestError("input must have exactly one of singleFile or batchFiles", {"field": "input"})
-    files: Any
-    if "singleFile" in value:
-        files = [value["singleFile"]]
-        batch = 0
-    else:
-        batch_files = value["batchFiles"]
-        files = batch_files.get("inputs") if isinstance(batch_files, dict) else None
-        if not isinstance(files, list) or not files:
-            raise _BadRequestError("input.batchFiles.inputs must be a non-empty array", {"field": "input"})
-        batch = len(files)
-    input_type: str | None = None
-    for file in files:
-        if not isinstance(file, dict):
-            raise _BadRequestError("each input file must be an object", {"field": "input"})
-        kind = file.get("inputType")
-        if kind in ("jfif", "jpg"):
-            kind = "jpeg"
-        if kind not in INPUT_TYPES:
-            raise _BadRequestError(f"unsupported inputType {kind!r}", {"field": "inputType"})
-        input_type = input_type or kind
-    return input_type, batch
+def _is_canary(faults: Faults, call: CallRequest) -> bool:
+    return call.reference_id is not None and call.reference_id.startswith(faults.canary_prefix)
 
 
-_TARGET_KEYS = ("workflowName", "workflowID", "functionName", "functionID")
+def _submit(sim: Simulator, call: CallRequest, *, v2: bool) -> tuple[dict[str, Any], bool]:
+    faults = sim.config.faults
+    return sim.submit(
+        call.workflow_name,
+        call.reference_id,
+        v2=v2,
+        workflow_id=call.workflow_id,
+        function_name=call.function_name,
+        function_id=call.function_id,
+        input_type=call.input_type,
+        batch=call.batch,
+        outcome=faults.canary_outcome if _is_canary(faults, call) else "normal",
+    )
 
 
 async def create_calls_v2(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
     try:
-        body = await _body(request)
-        items = body.get("calls", [])
-        if not isinstance(items, list):
-            raise _BadRequestError("calls must be an array", {"field": "calls"})
-        requests: list[dict[str, Any]] = []
-        for item in items:
-            if not isinstance(item, dict):
-                raise _BadRequestError("each call must be an object", {"field": "calls"})
-            target = {key: _optional_str(item, key) for key in _TARGET_KEYS}
-            if not any(target.values()):
-                raise _BadRequestError("each call needs a workflowName, workflowID, functionName or functionID")
-            sim.resolve(target["workflowName"], target["workflowID"], target["functionName"], target["functionID"])
-            input_type, batch = _input(item, required=False)
-            requests.append(
-                {
-                    "workflow_name": target["workflowName"],
-                    "workflow_id": target["workflowID"],
-                    "function_name": target["functionName"],
-                    "function_id": target["functionID"],
-                    "reference_id": _optional_str(item, "callReferenceID"),
-                    "input_type": input_type,
-                    "batch": batch,
-                }
-            )
-    except _BadRequestError as exc:
+        calls = v2_calls(decode_json(await request.read()))
+        for call in calls:
+            sim.resolve(call.workflow_name, call.workflow_id, call.function_name, call.function_id)
+    except BadRequestError as exc:
         return error_response(400, exc.message, exc.details)
     except UnknownTargetError as exc:
         return error_response(404, str(exc.args[0]))
-    created = [sim.create_call(**kwargs, v2=True) for kwargs in requests]
+    refusal = _canary_refusal(sim.config.faults, calls)
+    if refusal is not None:
+        return refusal
+    created = [_submit(sim, call, v2=True)[0] for call in calls]
     return _json(200, _encode({"calls": created}))
 
 
 async def call_workflow_v3(request: web.Request) -> web.Response:
     sim = request.app[SIMULATOR]
-    name = request.match_info["workflowName"]
     try:
-        body = await _body(request)
-        input_type, batch = _input(body, required=True)
-        reference_id = _optional_str(body, "callReferenceID")
-        if "metadata" in body and not isinstance(body["metadata"], dict):
-            raise _BadRequestError("metadata must be a JSON object", {"field": "metadata"})
-        created = sim.create_call(name, reference_id, input_type=input_type, batch=batch)
-    except _BadRequestError as exc:
+        call, wait = await _workflow_request(request)
+        sim.resolve(call.workflow_name)
+    except BadRequestError as exc:
         return error_response(400, exc.message, exc.details)
     except UnknownTargetError as exc:
         return error_response(404, str(exc.args[0]))
-    call_id: str = created["callID"]
-    if request.query.get("wait", "").lower() not in ("true", "1"):
-        return _json(202, _encode({"call": created}))
-    # wait=true: block until the call finishes, for at most WAIT_LIMIT_SECONDS
+    refusal = _canary_refusal(sim.config.faults, [call])
+    if refusal is not None:
+        return refusal
+    doc, created = _submit(sim, call, v2=False)
+    if not wait:
+        return _json(202 if created else 200, _encode({"call": doc}))
+    return await _waited(sim, doc["callID"])
+
+
+async def _waited(sim: Simulator, call_id: str) -> web.Response:
+    """`wait=true`: the call once it finished (200, or 500 when it failed), or still running
+    (202) after WAIT_LIMIT_SECONDS."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_LIMIT_SECONDS
     while sim.status(call_id) not in ("completed", "failed") and loop.time() < deadline:
@@ -310,6 +297,25 @@ async def call_workflow_v3(request: web.Request) -> web.Response:
     assert record is not None
     tail = b"}" if error is None else b',"error":' + _encode(error) + b"}"
     return _json(status, b'{"call":' + record + tail)
+
+
+async def set_canary_faults(request: web.Request) -> web.Response:
+    """`POST /_simulator/canary` `{"outcome": "normal"|"fail"|"hang", "reject": <status>|null}`:
+    the canary faults of a simulator running in another process (demo, compose). Not a bem
+    endpoint; answers the faults now in force."""
+    faults = request.app[SIMULATOR].config.faults
+    try:
+        doc = decode_json(await request.read())
+        changed = Faults(
+            canary_outcome=doc.get("outcome", faults.canary_outcome),
+            canary_reject=doc.get("reject", faults.canary_reject),
+            canary_prefix=faults.canary_prefix,
+        )
+        changed.validate()
+    except (BadRequestError, ValueError, TypeError):
+        return error_response(400, 'expected {"outcome": "normal"|"fail"|"hang", "reject": <HTTP error status>|null}')
+    faults.canary_outcome, faults.canary_reject = changed.canary_outcome, changed.canary_reject
+    return _json(200, _encode({"outcome": faults.canary_outcome, "reject": faults.canary_reject}))
 
 
 def create_app(simulator: Simulator, *, prefix: str = "", injector: FaultInjector | None = None) -> web.Application:
@@ -328,4 +334,5 @@ def create_app(simulator: Simulator, *, prefix: str = "", injector: FaultInjecto
     app.router.add_get(prefix + "/v2/calls", list_calls_v2, allow_head=False)
     app.router.add_post(prefix + "/v2/calls", create_calls_v2)
     app.router.add_get(prefix + "/v2/calls/{callID}", get_call_v2, allow_head=False)
+    app.router.add_post(prefix + "/_simulator/canary", set_canary_faults)
     return app

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+CanaryOutcome = Literal["normal", "fail", "hang"]
+CANARY_OUTCOMES: frozenset[str] = frozenset(get_args(CanaryOutcome))
+CANARY_PREFIX = "bem-exporter-canary-"
+"""The callReferenceID prefix of the exporter's canary calls, which the canary faults target."""
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -39,12 +45,23 @@ class Faults:
     """Fraction of 200 responses whose JSON body is cut off mid-way (Content-Length matches the cut)."""
     down: bool = False
     """When True, connections are closed without an answer (an outage)."""
+    canary_outcome: CanaryOutcome = "normal"
+    """What becomes of calls created with a callReferenceID starting `canary_prefix`:
+    `normal` (the workload decides), `fail` (they end failed) or `hang` (they never finish)."""
+    canary_reject: int | None = None
+    """When set, create requests for canary calls are answered with this status (e.g. 500,
+    429, 401) and an error body, and nothing is created."""
+    canary_prefix: str = CANARY_PREFIX
 
     def validate(self) -> None:
         """Raise ValueError for a rate outside 0..1 or a negative duration."""
         for name in ("rate_429", "rate_5xx", "slow_rate", "malformed_rate", "truncated_rate"):
             _check_fraction(name, getattr(self, name))
         _check_non_negative("slow_seconds", self.slow_seconds)
+        if self.canary_outcome not in CANARY_OUTCOMES:
+            raise ValueError(f"canary_outcome must be one of {sorted(CANARY_OUTCOMES)}, got {self.canary_outcome!r}")
+        if self.canary_reject is not None and not 400 <= self.canary_reject <= 599:
+            raise ValueError(f"canary_reject must be an HTTP error status (400..599), got {self.canary_reject!r}")
         if self.retry_after is not None:
             _check_non_negative("retry_after", self.retry_after)
 

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from .catalog import FUNCTIONS_BY_ID, FUNCTIONS_BY_NAME, WORKFLOWS_BY_ID, WORKFLOWS_BY_NAME, Function, Workflow
-from .config import SimulatorConfig
+from .config import CanaryOutcome, SimulatorConfig
 from .query import ListQuery, QueryError
 from .workload import JSON, CallHeader, Plan, Workload, build_plan, call_doc, iso, trace_doc, v2_call_doc
 
@@ -193,11 +193,13 @@ class Simulator:
         input_type: str | None = None,
         batch: int = 0,
         v2: bool = False,
+        outcome: CanaryOutcome = "normal",
     ) -> JSON:
         """Create a call now (pending) and return it as v3 JSON (as the v2 listing shows it if `v2`).
 
         With no workflow or function named, the workload picks one. A function (by name or ID)
         makes a `direct_function` call (or `adhoc_function` when `call_type` says so).
+        `outcome` `fail` makes the call end failed, `hang` makes it never finish.
         Raises UnknownTargetError for a workflow or function that does not exist.
         """
         workflow, function = self.resolve(workflow_name, workflow_id, function_name, function_id)
@@ -212,9 +214,26 @@ class Simulator:
                 reference_id=reference_id,
                 input_type=input_type,
                 batch=batch,
+                failed=True if outcome == "fail" else None,
+                hang=outcome == "hang",
             )
             self._add(h, now)
             return v2_call_doc(h, None, now, full=False) if v2 else call_doc(h, None, now)
+
+    def submit(
+        self, workflow_name: str | None, reference_id: str | None, *, v2: bool = False, **create: Any
+    ) -> tuple[JSON, bool]:
+        """What bem's create endpoints do: (the call, True) for a new call; (the existing call,
+        False) when a call was already created with this callReferenceID. `create` takes the
+        keyword arguments of `create_call`."""
+        with self._lock:
+            existing = self._by_reference.get(reference_id) if reference_id is not None else None
+            if not existing:
+                return self.create_call(workflow_name, reference_id, v2=v2, **create), True
+            now = self._now()
+            h = self._headers[existing[0]]
+            encoded = self._v2_bytes(h, now, False) if v2 else self._call_bytes(h, now)
+            return _decode(encoded), False
 
     @staticmethod
     def resolve(

@@ -97,6 +97,8 @@ _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augu
 
 _SECOND_CACHE: dict[int, str] = {}
 _SECOND_CACHE_LIMIT = 1_000_000
+HANG_SECONDS = 365 * 24 * 3600
+"""How long a call made to hang keeps running."""
 
 
 def iso(ms: int) -> str:
@@ -259,9 +261,14 @@ class Workload:
         reference_id: str | None = None,
         input_type: str | None = None,
         batch: int = 0,
+        failed: bool | None = None,
+        hang: bool = False,
     ) -> CallHeader:
         """The next call's header. The same draws happen whatever is overridden, so the calls
-        after an explicitly created one are the same as if it had been a random one."""
+        after an explicitly created one are the same as if it had been a random one.
+
+        `failed` overrides whether the call fails; `hang` makes it run for HANG_SECONDS, which
+        is never within a test or a demo."""
         rng = self._rng
         config = self._config
         call_id = random_id(rng, "cl_")
@@ -269,7 +276,8 @@ class Workload:
         pick = rng.random()
         newest = rng.random() < 0.8
         version_pick = rng.random()
-        failed = rng.random() < config.failure_rate
+        drawn_failure = rng.random() < config.failure_rate
+        failed = drawn_failure if failed is None else failed
         queue = min(max(rng.lognormvariate(0.4, 0.8), 0.05), 60.0)
         spread = rng.lognormvariate(0.0, 0.5)
         finalize = rng.uniform(0.02, 0.4)
@@ -309,6 +317,8 @@ class Workload:
         run_seconds = min(max(median * spread, 1.0), 300.0)
         start_ms = created_ms + max(1, round(queue * 1000.0 / speed))
         last_ms = start_ms + max(1, round(run_seconds * 1000.0 / speed))
+        if hang:
+            last_ms = created_ms + HANG_SECONDS * 1000
         finish_ms = last_ms + max(1, round(finalize * 1000.0 / speed))
         return CallHeader(
             index=index,

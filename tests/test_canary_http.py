@@ -1,0 +1,216 @@
+"""The create request (exporter/bem/create.py) and the canary against the simulator, over real
+HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.backoff import Backoff
+from exporter.bem.create import CreatedCall, CreateError, CreateRequest, create_call, input_type_of
+from exporter.bem.decode import decode_call_page, decode_trace
+from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.canary import Canary, is_canary_reference
+from exporter.pipeline import FinishedCall
+
+KEY = "sim-key"
+DOCUMENT = b"%PDF-1.7 SECRET-CANARY-DOCUMENT"
+V3 = "POST /v3/workflows/{workflowName}/call"
+V2 = "POST /v2/calls"
+
+
+class ManualClock:
+    def __init__(self, t: float = 1_764_480_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@contextmanager
+def simulator(**config: Any) -> Iterator[tuple[Simulator, SimulatorServer, ManualClock]]:
+    clock = ManualClock()
+    sim = Simulator(SimulatorConfig(arrival_rate=0, **config), clock=clock)
+    server = SimulatorServer(sim)
+    server.start()
+    try:
+        yield sim, server, clock
+    finally:
+        server.stop()
+
+
+def request(reference: str = "bem-exporter-canary-t1", workflow: str = "invoice-intake") -> CreateRequest:
+    return CreateRequest(workflow, reference, DOCUMENT, "pdf")
+
+
+class Waits:
+    """The sleep of the retries: records the waits instead of sleeping, and can act between tries."""
+
+    def __init__(self, between: Any = None) -> None:
+        self.waits: list[float] = []
+        self.between = between
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.between is not None:
+            self.between()
+
+
+def create(
+    url: str, req: CreateRequest, version: str = "v3", key: str = KEY, sleep: Waits | None = None
+) -> CreatedCall:
+    async def go() -> CreatedCall:
+        async with httpx.AsyncClient(base_url=url, headers={"x-api-key": key}) as http:
+            return await create_call(
+                http,
+                req,
+                version,
+                backoff=Backoff(0.5, 4.0, jitter=False),
+                sleep=sleep or Waits(),  # type: ignore[arg-type]
+            )
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("version", ["v3", "v2"])
+def test_the_created_call_is_listed_with_its_reference(version: str) -> None:
+    with simulator() as (sim, server, _clock):
+        created = create(server.url, request(), version)
+        assert created.reference_id == "bem-exporter-canary-t1"
+        assert sim.call_ids() == [created.call_id]
+        assert sim.requests[V3 if version == "v3" else V2] == 1
+        again = create(server.url, request(), version)
+        assert again == created and len(sim) == 1  # the reference makes a repeat harmless
+
+
+def test_429_and_5xx_are_retried_honouring_retry_after() -> None:
+    with simulator() as (sim, server, _clock):
+        faults = sim.config.faults
+        faults.canary_reject, faults.retry_after = 429, 2
+
+        def recover() -> None:
+            if len(waits.waits) == 2:
+                faults.canary_reject = None
+            else:
+                faults.canary_reject = 500
+
+        waits = Waits(recover)
+        created = create(server.url, request(), sleep=waits)
+        assert waits.waits == [2.0, 1.0]  # Retry-After, then the backoff (0.5 doubled)
+        assert sim.responses[(V3, 429)] == 1 and sim.responses[(V3, 500)] == 1 and sim.responses[(V3, 202)] == 1
+        assert sim.call_ids() == [created.call_id]
+
+
+def test_retries_end_in_a_create_error() -> None:
+    with simulator() as (sim, server, _clock):
+        sim.config.faults.canary_reject = 503
+        with pytest.raises(CreateError) as failed:
+            create(server.url, request())
+        assert failed.value.status == 503 and "after 4 attempts" in str(failed.value)
+        assert sim.requests[V3] == 4 and len(sim) == 0
+
+
+@pytest.mark.parametrize(("status", "words"), [(401, "API key"), (400, "refused")])
+def test_a_refusal_is_final(status: int, words: str) -> None:
+    with simulator() as (sim, server, _clock):
+        sim.config.faults.canary_reject = status
+        with pytest.raises(CreateError) as failed:
+            create(server.url, request(), key=KEY)
+        assert failed.value.status == status and words in str(failed.value)
+        assert sim.requests[V3] == 1
+
+
+def test_a_wrong_key_or_workflow_and_an_unreachable_api() -> None:
+    with simulator() as (_sim, server, _clock):
+        url = server.url
+        with pytest.raises(CreateError) as wrong_key:
+            create(url, request(), key="not-the-key")
+        with pytest.raises(CreateError) as no_workflow:
+            create(url, request(workflow="no-such-workflow"))
+    assert wrong_key.value.status == 401 and "not-the-key" not in str(wrong_key.value)
+    assert no_workflow.value.status == 404 and "BEM_CANARY_WORKFLOW" in str(no_workflow.value)
+    with pytest.raises(CreateError) as unreachable:
+        create(url, request())
+    assert unreachable.value.status is None and "cannot connect" in str(unreachable.value)
+    for error in (wrong_key.value, no_workflow.value, unreachable.value):
+        assert "SECRET-CANARY-DOCUMENT" not in str(error) and KEY not in str(error)
+    assert "SECRET" not in repr(request())
+
+
+def test_input_type_of_a_file_name() -> None:
+    assert [input_type_of(n) for n in ("a.PDF", "scan.jpg", "notes.txt", "x.exe", "README")] == [
+        "pdf",
+        "jpeg",
+        "text",
+        None,
+        None,
+    ]
+
+
+def finished_canary_calls(http: httpx.Client, reference: str) -> list[FinishedCall]:
+    """The canary's call as the poll path would hand it on: listed, finished, with its trace."""
+    page = decode_call_page(http.get("/v3/calls", params={"referenceIDs": reference}).content)
+    return [
+        FinishedCall(call, decode_trace(http.get(f"/v3/calls/{call.call_id}/trace").content))
+        for call in page.calls
+        if call.finished
+    ]
+
+
+@pytest.mark.parametrize(("outcome", "result"), [("normal", "success"), ("fail", "failure")])
+def test_a_canary_call_is_created_and_judged_when_it_finishes(outcome: str, result: str) -> None:
+    with simulator(failure_rate=0.0) as (sim, server, clock):
+        sim.config.faults.canary_outcome = outcome  # type: ignore[assignment]
+        canary = Canary("invoice-intake", 300.0, 600.0)
+        committed: list[bytes] = []
+
+        async def commit(snapshot: bytes) -> None:
+            committed.append(snapshot)
+
+        async def tick() -> None:
+            async with httpx.AsyncClient(base_url=server.url, headers={"x-api-key": KEY}) as http:
+
+                async def submit(reference: str) -> str:
+                    return (await create_call(http, request(reference))).call_id
+
+                await canary.tick(clock, submit, commit)
+
+        asyncio.run(tick())
+        flight = canary.in_flight
+        assert flight is not None and flight.call_id is not None and is_canary_reference(flight.reference_id)
+        with httpx.Client(base_url=server.url, headers={"x-api-key": KEY}) as http:
+            assert finished_canary_calls(http, flight.reference_id) == []
+            clock.t += 550
+            batch = finished_canary_calls(http, flight.reference_id)
+        assert [f.call.call_id for f in batch] == [flight.call_id]
+        committed.append(canary.stage(batch))
+        canary.publish()
+        assert canary.view().last_result == result and canary.in_flight is None
+        restored = Canary("invoice-intake", 300.0, 600.0)
+        restored.restore(committed[-1])
+        assert restored.snapshot() == canary.snapshot()
+        assert all(b"SECRET-CANARY-DOCUMENT" not in snapshot for snapshot in committed)
+
+
+def test_a_hanging_canary_call_times_out_once() -> None:
+    with simulator() as (sim, server, clock):
+        sim.config.faults.canary_outcome = "hang"
+        canary = Canary("invoice-intake", 300.0, 600.0)
+        staged = canary.stage_submission(clock())
+        assert staged is not None
+        canary.publish()
+        created = create(server.url, request(staged[0].reference_id))
+        canary.stage_created(created.call_id, clock())
+        canary.publish()
+        clock.t += 600
+        with httpx.Client(base_url=server.url, headers={"x-api-key": KEY}) as http:
+            assert finished_canary_calls(http, staged[0].reference_id) == []
+        assert canary.stage_timeout(clock()) is not None
+        canary.publish()
+        assert canary.stage_timeout(clock() + 600) is None
+        assert canary.view().last_result == "timeout" and sim.status(created.call_id) == "running"

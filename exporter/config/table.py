@@ -180,7 +180,7 @@ STATE_PATH = Setting(
 )
 STATE_URL = Setting(
     env="BEM_STATE_URL", key="state_url", flag=False, section="state", shown="url", parse=parse.postgres_url,
-    unset="unset: SQLite at `BEM_STATE_PATH`", help="`postgresql://user@host:5432/db`: the state lives in "
+    unset="none (SQLite at `BEM_STATE_PATH`)", help="`postgresql://user@host:5432/db`: the state lives in "
     "PostgreSQL and any number of `run` replicas may share it; not with `BEM_STATE_PATH`; no flag, as it may "
     "hold a password",
 )
@@ -200,7 +200,7 @@ LEADER_LEASE = Setting(
 # --- Synthetic canary ---------------------------------------------------------------------------
 CANARY_WORKFLOW = Setting(
     env="BEM_CANARY_WORKFLOW", key="canary_workflow", section="canary", metavar="NAME", parse=parse.text,
-    unset="unset: no canary", help="workflow the canary calls",
+    unset="none (no canary)", help="workflow the canary calls",
 )
 CANARY_FILE = Setting(
     env="BEM_CANARY_FILE", key="canary_file", section="canary", metavar="FILE", parse=_canary_file,
@@ -264,7 +264,7 @@ TLS_KEY_FILE = Setting(
 )
 TRACE_URL = Setting(
     env="BEM_TRACE_URL", key="trace_url", section="server", metavar="URL", shown="url",
-    parse=parse.trace_url_template, unset="no link", help="link from `/status` to a trace: an http(s) URL "
+    parse=parse.trace_url_template, unset="none (no link)", help="link from `/status` to a trace: an http(s) URL "
     "template holding `{trace_id}`, e.g. a Grafana Explore link",
 )
 

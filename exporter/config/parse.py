@@ -15,7 +15,7 @@ from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from exporter.config.model import PostgresUrl, Secret
-from exporter.redact import safe_url
+from exporter.redact import MASK, safe_url
 
 log = logging.getLogger("exporter.config")
 
@@ -105,9 +105,16 @@ def boolean(name: str, raw: str) -> bool:
     raise SettingsError(f"{name}: {raw!r} is not true or false")
 
 
+def shown_url(raw: str) -> str:
+    """`raw` as it may be shown: through `safe_url`, or masked whole when it is too malformed
+    for `safe_url` to find the userinfo (`user:pw@host` has no scheme)."""
+    shown = safe_url(raw)
+    return MASK if "@" in shown else shown
+
+
 def _shown(raw: str) -> str:
-    """`raw` as it may appear in a message: a URL that might carry a password is cut down."""
-    return safe_url(raw) if "@" in raw else raw
+    """`raw` as it may appear in a message: as given unless it might carry a password."""
+    return shown_url(raw) if "@" in raw else raw
 
 
 def http_url(name: str, raw: str) -> str:
@@ -116,7 +123,7 @@ def http_url(name: str, raw: str) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises on a port that is not a number
     except ValueError:
-        raise SettingsError(f"{name}: {_shown(raw)!r} is not a valid URL") from None
+        raise SettingsError(f"{name}: not a valid URL (check its port and any [IPv6] brackets)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(f"{name}: {_shown(raw)!r} is not an http(s) URL with a host (example: https://api.bem.ai)")
     if parts.query or parts.fragment:
@@ -135,7 +142,7 @@ def trace_url_template(name: str, raw: str) -> str:
     try:
         parts = urlsplit(template.replace(TRACE_ID_PLACEHOLDER, "0"))
     except ValueError:
-        raise SettingsError(f"{name}: {_shown(raw)!r} is not a valid URL") from None
+        raise SettingsError(f"{name}: not a valid URL (check its port and any [IPv6] brackets)") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SettingsError(f"{name}: {_shown(raw)!r} is not an http(s) URL with a host")
     return template

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from exporter.config.model import ResolvedSetting, Source
-from exporter.config.parse import SettingsError
+from exporter.config.parse import SettingsError, shown_url
 from exporter.config.table import BY_KEY, ROWS, Row, Setting
-from exporter.redact import MASK, safe_url
+from exporter.redact import MASK
 
 log = logging.getLogger("exporter.config")
 
@@ -127,7 +127,7 @@ def _redacted(row: Row, text: str) -> str:
     if row.shown == "secret":
         return MASK
     if row.shown == "url":
-        return safe_url(text)
+        return shown_url(text)
     if row.shown == "pairs":
         keys = (item.partition("=")[0].strip() for item in text.split(","))
         return ",".join(f"{key}={MASK}" for key in keys if key)

@@ -27,6 +27,7 @@ DEFAULT_LISTEN_PORT = 9877
 # Document workflows run from seconds to tens of minutes.
 DEFAULT_CALL_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 DEFAULT_FUNCTION_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+TRACE_ID_PLACEHOLDER = "{trace_id}"
 CANARY_FILE_LIMIT = 10 * MiB
 """The largest canary document accepted: the canary proves the path works, not bem's limits."""
 
@@ -145,7 +146,7 @@ class StatusSettings:
 
     def trace_link(self, trace_id: str) -> str | None:
         # Plain replacement, not str.format: Grafana links carry JSON braces of their own.
-        return None if self.trace_url is None else self.trace_url.replace("{trace_id}", trace_id)
+        return None if self.trace_url is None else self.trace_url.replace(TRACE_ID_PLACEHOLDER, trace_id)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-from exporter.config.model import PostgresUrl, Secret
+from exporter.config.model import TRACE_ID_PLACEHOLDER, PostgresUrl, Secret
 from exporter.redact import MASK, safe_url
 
 log = logging.getLogger("exporter.config")
@@ -129,9 +129,6 @@ def http_url(name: str, raw: str) -> str:
     if parts.query or parts.fragment:
         raise SettingsError(f"{name}: must not carry a query or fragment")
     return url
-
-
-TRACE_ID_PLACEHOLDER = "{trace_id}"
 
 
 def trace_url_template(name: str, raw: str) -> str:

@@ -235,6 +235,17 @@ def test_provenance_names_the_source_of_each_setting(tmp_path: Path) -> None:
     assert _resolved(s)["BEM_MAX_RPS"] == ResolvedSetting("BEM_MAX_RPS", "7", "file")
 
 
+def test_a_blank_value_resets_to_the_default(tmp_path: Path) -> None:
+    config = tmp_path / "bem.toml"
+    config.write_text('workflows = ["a"]\npoll_interval = "40s"\n')
+    s = settings({"BEM_WORKFLOWS": "", "BEM_POLL_INTERVAL": " ", "OTEL_TRACES_EXPORTER": ""}, None, str(config))
+    assert (s.api.workflows, s.poll.interval, s.traces.exporter) == ((), 15, "otlp")
+    assert _resolved(s)["BEM_POLL_INTERVAL"] == ResolvedSetting("BEM_POLL_INTERVAL", "15s", "default")
+    # OTEL_*: an empty signal-specific variable lets the generic one speak (the specification's "unset").
+    s = settings({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert s.traces.protocol == "grpc"
+
+
 def test_an_invalid_otel_value_is_shown_as_the_default_it_fell_back_to(caplog: pytest.LogCaptureFixture) -> None:
     s = settings({"OTEL_TRACES_EXPORTER": "zipkin"})
     assert s.traces.exporter == "otlp"

@@ -1,7 +1,8 @@
 """From sources to values: precedence, provenance, and the redacted view of what was resolved.
 
 Precedence: flag > environment > config file > default. A source that gives a setting as
-blank unsets it (an empty `BEM_WORKFLOWS=` means all workflows, whatever the file says).
+blank resets it to its default (an empty `BEM_WORKFLOWS=` means all workflows, whatever the
+config file says).
 """
 
 from __future__ import annotations
@@ -66,18 +67,19 @@ def resolve(flags: Mapping[str, str], environ: Mapping[str, str], file: Mapping[
 
 def _resolve_row(row: Row, flags: Mapping[str, str], environ: Mapping[str, str], file: Mapping[str, str]) -> Raw:
     if row.env in flags:
-        return _given(row.env, flags[row.env], "flag")
+        return _given(row, row.env, flags[row.env], "flag")
     present = [name for name in row.names if name in environ]
     if present:
         chosen = next((name for name in present if environ[name].strip()), present[0])
-        return _given(chosen, environ[chosen], "environment")
+        return _given(row, chosen, environ[chosen], "environment")
     if row.env in file:
-        return _given(row.env, file[row.env], "file")
+        return _given(row, row.env, file[row.env], "file")
     return Raw(row.env, row.default, "default")
 
 
-def _given(name: str, text: str, source: Source) -> Raw:
-    return Raw(name, text if text.strip() else None, source)
+def _given(row: Row, name: str, text: str, source: Source) -> Raw:
+    """A blank value unsets the setting at its level: lower levels are not consulted."""
+    return Raw(name, text, source) if text.strip() else Raw(row.env, row.default, "default")
 
 
 class Values:

@@ -46,6 +46,8 @@ EPILOGS = {
     "simulate": "The simulator accepts the key given by --api-key (sim-key unless told).\n",
 }
 
+CONFIG_HELP = "TOML file of settings (keys: docs/configuration.md; default none)"
+
 # A demo runs against its own simulator: it takes neither an API URL nor a key.
 _NOT_IN_DEMO = frozenset({"BEM_API_URL", "BEM_API_KEY_FILE"})
 
@@ -99,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "simulate":
             _simulator_flags(command)
             continue
-        command.add_argument("--config", metavar="FILE", help="TOML file of settings (keys: docs/configuration.md)")
+        command.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
         _setting_flags(command, name)
         if name == "demo":
             demo = command.add_argument_group("Demo")

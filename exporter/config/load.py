@@ -124,6 +124,7 @@ def _canary(values: Values, poll_interval: float) -> CanarySettings:
 
 def _metrics(values: Values) -> MetricsSettings:
     host, port = values.get(t.LISTEN)
+    cert, key = _tls(values)
     return MetricsSettings(
         listen_host=host,
         listen_port=port,
@@ -134,14 +135,15 @@ def _metrics(values: Values) -> MetricsSettings:
         max_label_values=values.get(t.METRICS_MAX_LABEL_VALUES),
         max_series_per_metric=values.get(t.MAX_SERIES_PER_METRIC),
         basic_auth=values.optional(t.METRICS_BASIC_AUTH_FILE),
-        **_tls(values),
+        tls_cert_file=cert,
+        tls_key_file=key,
     )
 
 
-def _tls(values: Values) -> dict[str, str | None]:
+def _tls(values: Values) -> tuple[str | None, str | None]:
     if values.is_set(t.TLS_CERT_FILE) != values.is_set(t.TLS_KEY_FILE):
         raise SettingsError("BEM_TLS_CERT_FILE: TLS needs both BEM_TLS_CERT_FILE and BEM_TLS_KEY_FILE")
-    return {"tls_cert_file": values.optional(t.TLS_CERT_FILE), "tls_key_file": values.optional(t.TLS_KEY_FILE)}
+    return values.optional(t.TLS_CERT_FILE), values.optional(t.TLS_KEY_FILE)
 
 
 def _traces(values: Values) -> TraceSettings:

@@ -1,9 +1,10 @@
 """The `bem-exporter` command line.
 
-Flags map onto the settings' environment names, so precedence (flag > environment > config
-file > default) is decided in one place, `exporter.config.load_settings`. There is no flag for
-the API key itself: command lines are visible to every user of the machine (`ps`); use
-`BEM_API_KEY` or `--api-key-file`.
+Each flag is a row of the settings table (`exporter.config.table`) and maps onto its
+environment name, so precedence (flag > environment > config file > default) is decided in one
+place, `exporter.config.load_settings`. There is no flag for the API key itself: command lines
+are visible to every user of the machine (`ps`); use `BEM_API_KEY`, `--api-key-file` or the
+config file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 from collections.abc import Sequence
 
 from exporter import __version__, logs
-from exporter.config import DEFAULT_LISTEN_PORT, Settings, SettingsError, load_settings, parse_duration
+from exporter.config import Settings, SettingsError, load_settings, parse_duration
+from exporter.config.table import ROWS, SECTIONS, Row
 from exporter.state import StateError
 
 DESCRIPTION = """\
@@ -26,27 +28,47 @@ Polls bem's Calls API (bem.ai) and turns workflow calls into OpenTelemetry trace
 Start here:  bem-exporter demo     (no API key needed: a simulated bem, live metrics)
 """
 
-EPILOG = """\
+SETTINGS_EPILOG = """\
 Settings come from flags, then environment variables (BEM_*, OTEL_*), then --config FILE
-(TOML), then defaults. The API key is read from BEM_API_KEY or BEM_API_KEY_FILE only.
-Full list: docs/configuration.md.
+(TOML), then defaults; each flag's help names its environment variable and default.
+OTEL_* variables are read from the environment only. Full list: docs/configuration.md.
 """
-
-# flag -> (environment name, help)
-_COMMON_FLAGS: dict[str, tuple[str, str]] = {
-    "--api-url": ("BEM_API_URL", "bem API base URL (BEM_API_URL, default https://api.bem.ai)"),
-    "--api-version": ("BEM_API_VERSION", "v3, or v2 for legacy accounts (BEM_API_VERSION)"),
-    "--api-key-file": ("BEM_API_KEY_FILE", "file holding the API key (BEM_API_KEY_FILE)"),
-    "--poll-interval": ("BEM_POLL_INTERVAL", "time between poll cycles, e.g. 15s (BEM_POLL_INTERVAL)"),
-    "--lookback": ("BEM_LOOKBACK", "on first start, pick up calls this far back, e.g. 1h (BEM_LOOKBACK)"),
-    "--workflows": ("BEM_WORKFLOWS", "comma list of workflow names to watch; default all (BEM_WORKFLOWS)"),
-    "--state-path": ("BEM_STATE_PATH", "SQLite state file, or :memory: (BEM_STATE_PATH)"),
-    "--listen": ("BEM_LISTEN", f"host:port of /metrics, /healthz, /readyz (default 0.0.0.0:{DEFAULT_LISTEN_PORT})"),
-    "--max-concurrency": ("BEM_MAX_CONCURRENCY", "API requests in flight (BEM_MAX_CONCURRENCY, default 16)"),
-    "--max-rps": ("BEM_MAX_RPS", "API requests per second (BEM_MAX_RPS, default 50)"),
-    "--log-level": ("BEM_LOG_LEVEL", "debug, info, warning, error (BEM_LOG_LEVEL)"),
-    "--log-format": ("BEM_LOG_FORMAT", "auto, json, text (BEM_LOG_FORMAT)"),
+KEY_EPILOG = """\
+The API key comes from BEM_API_KEY, BEM_API_KEY_FILE (--api-key-file), or the config file's
+api_key or api_key_file; there is no flag for the key itself, as every user of the machine
+sees command lines.
+"""
+EPILOGS = {
+    "run": SETTINGS_EPILOG + KEY_EPILOG,
+    "once": SETTINGS_EPILOG + KEY_EPILOG,
+    "check": SETTINGS_EPILOG + KEY_EPILOG,
+    "demo": SETTINGS_EPILOG + "The demo runs against its own simulator: it needs no API URL and no key.\n",
+    "simulate": "The simulator accepts the key given by --api-key (sim-key unless told).\n",
 }
+
+CONFIG_HELP = "TOML file of settings (keys: docs/configuration.md; default none)"
+
+# A demo runs against its own simulator: it takes neither an API URL nor a key.
+_NOT_IN_DEMO = frozenset({"BEM_API_URL", "BEM_API_KEY_FILE"})
+
+
+def _flag_rows(command: str) -> list[tuple[str, Row]]:
+    """(flag, row) of every setting `command` takes as a flag."""
+    return [
+        (row.flag_name, row)
+        for row in ROWS
+        if row.flag_name and not (command == "demo" and row.env in _NOT_IN_DEMO)
+    ]
+
+
+def _flag_help(row: Row) -> str:
+    default = row.default_text.replace("`", "") or "none"
+    if not default.startswith("required"):
+        default = f"default {default}"
+    return f"{row.help.replace('`', '')} ({row.env}; {default})".replace("%", "%%")
+
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bem-exporter",
         description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SETTINGS_EPILOG + KEY_EPILOG,
+        formatter_class=_FORMATTER,
     )
     parser.add_argument("--version", action="version", version=f"bem-exporter {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -73,38 +95,49 @@ def _parser() -> argparse.ArgumentParser:
         "check": "validate the settings and reach the API and the OTLP endpoint",
     }
     for name, text in helps.items():
-        command = commands.add_parser(name, help=text, description=text)
+        command = commands.add_parser(
+            name, help=text, description=text, epilog=EPILOGS[name], formatter_class=_FORMATTER
+        )
         if name == "simulate":
             _simulator_flags(command)
             continue
-        command.add_argument("--config", metavar="FILE", help="TOML file of settings (keys: docs/configuration.md)")
-        for flag, (_, flag_help) in _COMMON_FLAGS.items():
-            command.add_argument(flag, metavar="VALUE", help=flag_help)
+        command.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+        _setting_flags(command, name)
         if name == "demo":
-            command.add_argument("--rate", type=float, default=1.0, help="simulated new calls per second (1)")
-            command.add_argument("--prefill", type=int, default=200, help="calls already in the history (200)")
+            demo = command.add_argument_group("Demo")
+            demo.add_argument("--rate", type=float, default=1.0, help="simulated new calls per second (default 1)")
+            demo.add_argument("--prefill", type=int, default=200, help="calls already in the history (default 200)")
     return parser
 
 
+def _setting_flags(command: argparse.ArgumentParser, name: str) -> None:
+    groups = {section: command.add_argument_group(title) for section, title in SECTIONS.items()}
+    for flag, row in _flag_rows(name):
+        groups[row.section].add_argument(flag, dest=row.env, metavar=row.metavar, help=_flag_help(row))
+
+
 def _simulator_flags(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--listen", default="127.0.0.1:8787", help="host:port to serve on (127.0.0.1:8787)")
-    command.add_argument("--seed", type=int, default=1, help="workload seed (1)")
-    command.add_argument("--rate", type=float, default=1.0, help="new calls per second (1)")
-    command.add_argument("--prefill", type=int, default=0, help="calls created in the past before start (0)")
-    command.add_argument("--history", default="1h", help="how far back prefilled calls start (1h)")
-    command.add_argument("--speed", type=float, default=1.0, help="workload time multiplier (1)")
-    command.add_argument("--latency", type=float, default=0.0, help="seconds added to every response (0)")
-    command.add_argument("--failure-rate", type=float, default=0.15, help="share of calls that fail (0.15)")
-    command.add_argument("--api-key", default="sim-key", help="the key the simulator accepts (sim-key)")
-    command.add_argument("--no-auth", action="store_true", help="accept requests without a key")
+    command.add_argument("--listen", default="127.0.0.1:8787", help="host:port to serve on (default 127.0.0.1:8787)")
+    command.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
+    command.add_argument("--rate", type=float, default=1.0, help="new calls per second (default 1)")
+    command.add_argument("--prefill", type=int, default=0, help="calls created in the past before start (default 0)")
+    command.add_argument("--history", default="1h", help="how far back prefilled calls start (default 1h)")
+    command.add_argument("--speed", type=float, default=1.0, help="workload time multiplier (default 1)")
+    command.add_argument("--latency", type=float, default=0.0, help="seconds added to every response (default 0)")
+    command.add_argument("--failure-rate", type=float, default=0.15, help="share of calls that fail (default 0.15)")
+    command.add_argument("--api-key", default="sim-key", help="the key the simulator accepts (default sim-key)")
+    command.add_argument("--no-auth", action="store_true", help="accept requests without a key (default: key required)")
     command.add_argument(
         "--canary-outcome",
         choices=("normal", "fail", "hang"),
         default="normal",
-        help="what becomes of canary calls (callReferenceID bem-exporter-canary-*): normal, fail or hang",
+        help="what becomes of canary calls (reference bem-exporter-canary-*): normal, fail, hang (default normal)",
     )
     command.add_argument(
-        "--canary-reject", type=int, metavar="STATUS", help="answer canary create requests with this HTTP status"
+        "--canary-reject",
+        type=int,
+        metavar="STATUS",
+        help="answer canary create requests with this HTTP status (default: accept them)",
     )
 
 
@@ -117,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"bem-exporter: error: {error}", file=sys.stderr)
         return 2
-    secrets = [settings.api.key.get()] if settings.api.key else []
-    logs.setup(settings.log_level, "text" if args.command == "demo" else settings.log_format, secrets)
+    logs.setup(settings.log_level, "text" if args.command == "demo" else settings.log_format, list(settings.secrets()))
     from exporter import app  # imported late: `--help` and settings errors stay fast
 
     try:
@@ -139,14 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {
-        env: value
-        for flag, (env, _) in _COMMON_FLAGS.items()
-        if (value := getattr(args, flag.lstrip("-").replace("-", "_"))) is not None
-    }
+    flags = {row.env: value for _, row in _flag_rows(args.command) if (value := getattr(args, row.env)) is not None}
     if args.command == "demo":
         # The demo needs no key, keeps no state and polls often so something moves.
         flags.setdefault("BEM_STATE_PATH", ":memory:")
+        flags.setdefault("BEM_STATE_URL", "")
         flags.setdefault("BEM_POLL_INTERVAL", "5s")
         flags.setdefault("BEM_LOOKBACK", "1h")
     return load_settings(flags, config_file=args.config, require_key=args.command in ("run", "once", "check"))
@@ -174,7 +203,9 @@ def _simulate(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SettingsError(f"simulate: {error}") from None
     logs.setup("info", "auto")
-    logging.getLogger("exporter").info("starting the bem API simulator")
+    # The simulator's key is no secret: it is what a client of the simulator must send.
+    accepts = f"accepting the API key {config.api_key!r}" if config.api_key else "accepting requests without a key"
+    logging.getLogger("exporter").info(f"starting the bem API simulator on {host or '127.0.0.1'}:{port}, {accepts}")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, host or "127.0.0.1", int(port)))
     return 0

@@ -18,6 +18,9 @@ _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 
 def safe_url(url: str) -> str:
     """`url` without userinfo, query or fragment; what cannot be parsed is masked whole."""
+    if "://" not in url:
+        # "user:pw@host" would parse as scheme "user" and path "pw@host": read it as an authority.
+        url = "//" + url
     try:
         parts = urlsplit(url)
         port = f":{parts.port}" if parts.port else ""
@@ -26,7 +29,8 @@ def safe_url(url: str) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else host
+    shown = f"{host}{port}{parts.path}"
+    return f"{parts.scheme}://{shown}" if parts.scheme else shown
 
 
 def redact_text(text: str, secrets: Iterable[str] = (), limit: int | None = None) -> str:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 from conftest import SIM_KEY
-from processes import ExporterProcess, run_command, wait_until
+from processes import ROOT, ExporterProcess, run_command, wait_until
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.config.table import ROWS
 
 
 def test_once_prints_a_summary_and_hands_everything_on(tmp_path: Path) -> None:
@@ -101,3 +106,116 @@ def test_check_reaches_api_and_otlp_and_never_shows_the_key(tmp_path: Path) -> N
     assert "otlp: UNREACHABLE" in bad.stdout
     for result in (good, bad):
         assert SIM_KEY not in result.stdout + result.stderr
+
+
+# --- Settings at the command line: exit 2 with one exact line; --help that tells the truth ------
+
+PG_PASSWORD = "hunter2-pg-password"
+
+
+def _exporter(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BEM_", "OTEL_")) and k != "PGPASSWORD"}
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        env={**clean, "BEM_API_KEY": SIM_KEY, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def _invalid_cases(tmp: Path) -> list[tuple[dict[str, str], str]]:
+    empty, big, document = tmp / "empty.pdf", tmp / "big.pdf", tmp / "doc.pdf"
+    empty.write_bytes(b"")
+    big.write_bytes(b"x" * (10 * 2**20 + 1))
+    document.write_bytes(b"%PDF canary")
+    canary = {"BEM_CANARY_WORKFLOW": "canary"}
+    return [
+        ({"BEM_STATE_URL": f"postgresql://bem:{PG_PASSWORD}@db:port/state"},
+         "BEM_STATE_URL: a port in the URL is not a number in 0-65535"),
+        ({"BEM_STATE_URL": f"mysql://bem:{PG_PASSWORD}@db/state"},
+         "BEM_STATE_URL: must start with postgresql:// or postgres:// (example: postgresql://user@host:5432/db)"),
+        ({"BEM_STATE_URL": f"postgresql://bem:{PG_PASSWORD}@db/state", "BEM_STATE_PATH": str(tmp / "s.sqlite")},
+         "BEM_STATE_URL: set together with BEM_STATE_PATH; choose PostgreSQL or SQLite"),
+        ({"BEM_STATE_PASSWORD_FILE": str(document)}, "BEM_STATE_PASSWORD_FILE: has no effect without BEM_STATE_URL"),
+        ({"BEM_LEADER_LEASE": "0"}, "BEM_LEADER_LEASE: must be greater than 0, got '0'"),
+        (canary, "BEM_CANARY_FILE: required with BEM_CANARY_WORKFLOW (the document the canary submits)"),
+        ({**canary, "BEM_CANARY_FILE": str(empty)}, f"BEM_CANARY_FILE: {str(empty)!r} is empty"),
+        ({**canary, "BEM_CANARY_FILE": str(big)}, f"BEM_CANARY_FILE: {str(big)!r} is larger than 10 MiB"),
+        ({**canary, "BEM_CANARY_FILE": str(tmp / "missing.pdf")},
+         f"BEM_CANARY_FILE: cannot read {str(tmp / 'missing.pdf')!r}: No such file or directory"),
+        ({"BEM_CANARY_FILE": str(document)}, "BEM_CANARY_FILE: has no effect without BEM_CANARY_WORKFLOW"),
+        ({"BEM_CANARY_INTERVAL": "-5m"},
+         "BEM_CANARY_INTERVAL: '-5m' is not a duration (examples: 15, 30s, 30m, 6h, 7d)"),
+        ({**canary, "BEM_CANARY_FILE": str(document), "BEM_CANARY_TIMEOUT": "10s"},
+         "BEM_CANARY_TIMEOUT: 10s must be longer than BEM_POLL_INTERVAL (15s)"),
+        ({"BEM_TRACE_URL": "https://grafana.example/explore"},
+         "BEM_TRACE_URL: must contain {trace_id} where the trace id goes"),
+        ({"BEM_TRACE_URL": "ftp://grafana.example/{trace_id}"},
+         "BEM_TRACE_URL: 'ftp://grafana.example/{trace_id}' is not an http(s) URL with a host"),
+        ({"BEM_MAX_RESPONSE_BYTES": "lots"},
+         "BEM_MAX_RESPONSE_BYTES: 'lots' is not a size (examples: 1048576, 512KiB, 64MiB, 1GB)"),
+        ({"BEM_RETRY_AFTER_MAX": "0s"}, "BEM_RETRY_AFTER_MAX: must be greater than 0, got '0s'"),
+        ({"BEM_OTLP_MAX_REQUEST_BYTES": "0MiB"}, "BEM_OTLP_MAX_REQUEST_BYTES: must be greater than 0, got '0MiB'"),
+        ({"BEM_MAX_SERIES_PER_METRIC": "-5"}, "BEM_MAX_SERIES_PER_METRIC: must be greater than 0, got '-5'"),
+        ({"BEM_API_URL": f"https://user:{PG_PASSWORD}@api.bem.ai:port"},
+         "BEM_API_URL: not a valid URL (check its port and any [IPv6] brackets)"),
+    ]  # fmt: skip
+
+
+def test_invalid_settings_exit_2_with_one_exact_line(tmp_path: Path) -> None:
+    for env, message in _invalid_cases(tmp_path):
+        result = _exporter("check", env=env)
+        assert result.returncode == 2, (env, result.stderr)
+        assert result.stderr.splitlines() == [f"bem-exporter: error: {message}"], env
+        assert PG_PASSWORD not in result.stdout + result.stderr
+        assert SIM_KEY not in result.stdout + result.stderr
+
+
+def _help_of(text: str) -> dict[str, str]:
+    """Each flag of a `--help` text with its help, white space folded."""
+    flat = " ".join(text.split())
+    parts = re.split(r" (--[a-z][a-z-]+) (?=[A-Z0-9|a-z:]+ )", flat)
+    return {flag: body for flag, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_every_flag_names_its_variable_and_default() -> None:
+    result = _exporter("run", "--help")
+    assert result.returncode == 0
+    helps = _help_of(result.stdout.split("options:", 1)[1])
+    flags = {row.flag_name: row for row in ROWS if row.flag_name}
+    assert set(flags) <= set(helps)
+    for flag, row in flags.items():
+        assert f"({row.env}; " in helps[flag], flag
+        assert re.search(r"\((BEM|PG)[A-Z_]+; (default|required)", helps[flag]), flag
+    # Where the key comes from: the same four places as docs/configuration.md says.
+    flat = " ".join(result.stdout.split())
+    for source in ("BEM_API_KEY,", "BEM_API_KEY_FILE (--api-key-file)", "api_key or api_key_file"):
+        assert source in flat
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    assert "From `BEM_API_KEY`, from a file named by `BEM_API_KEY_FILE` (`--api-key-file`), or from the" in docs
+    assert "config file's `api_key` or `api_key_file`" in docs
+
+
+def test_demo_help_offers_no_api_url_or_key_file() -> None:
+    result = _exporter("demo", "--help")
+    assert result.returncode == 0
+    assert "--api-url" not in result.stdout and "--api-key-file" not in result.stdout
+    assert "--poll-interval" in result.stdout and "--rate" in result.stdout
+    assert _exporter("demo", "--api-url", "http://x").returncode == 2
+
+
+def test_the_simulator_says_which_key_it_expects() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "simulate", "--listen", "127.0.0.1:0", "--api-key", "my-sim-key"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        first = process.stderr.readline() if process.stderr else ""
+    finally:
+        process.kill()
+        process.wait()
+    assert "accepting the API key 'my-sim-key'" in first

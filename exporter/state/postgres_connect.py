@@ -1,0 +1,154 @@
+"""Reaching the PostgreSQL state database: the connection pool, and what its errors mean.
+
+The password (from the URL, `PGPASSWORD`, or given separately) never leaves in an error: libpq
+and psycopg may echo the connection string, so every message that leaves this module is cut
+down by `redact_text` with the password masked.
+
+Sessions are set up for a leader that may be paused or partitioned: a transaction idle for
+longer than the lease is ended by the server (it would otherwise hold the lease row's lock and
+block a standby's takeover), and slow statements are cancelled rather than waited on forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from exporter.redact import redact_text, safe_url
+from exporter.state.store import StateError, WriteFault
+
+Pool: TypeAlias = AsyncConnectionPool[AsyncConnection[TupleRow]]
+
+SETTING = "BEM_STATE_URL"
+CONNECT_TIMEOUT = 5
+"""Seconds to open one connection (libpq's `connect_timeout`)."""
+POOL_TIMEOUT = 10.0
+"""Seconds an operation waits for a connection before it fails as `unavailable`."""
+_SCHEMES = ("postgresql://", "postgres://")
+_FAULTS_BY_STATE: dict[str, WriteFault] = {
+    "53100": "disk_full",
+    "58030": "io_error",
+    "XX001": "corrupt",
+    "XX002": "corrupt",
+}
+_UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "25")
+"""Connection, rollback (serialization), resources, operator intervention (shutdown,
+cancelled statement), read-only transaction (connected to a standby after a failover)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the state lives, in a form safe to print."""
+
+    url: str
+    password: str | None
+
+    @property
+    def shown(self) -> str:
+        return safe_url(self.url)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        found = (self.password, _url_password(self.url), os.environ.get("PGPASSWORD"))
+        return tuple(secret for secret in found if secret)
+
+    def scrub(self, text: str) -> str:
+        return redact_text(text, self.secrets, limit=300)
+
+
+def parse_target(url: str, password: str | None = None) -> Target:
+    """Check that `url` is a PostgreSQL URL libpq accepts; `StateError` naming the setting if not."""
+    target = Target(url, password)
+    if not url.startswith(_SCHEMES):
+        raise StateError(f"{SETTING}: expected postgresql://user@host:port/database, got {target.shown!r}")
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise StateError(f"{SETTING}: not a valid PostgreSQL URL ({_first_line(target.scrub(str(error)))})") from None
+    return target
+
+
+def connection_kwargs(target: Target, statement_timeout: float, idle_timeout: float) -> dict[str, Any]:
+    """libpq parameters beside the URL (they override it)."""
+    options = (
+        f"-c statement_timeout={int(statement_timeout * 1000)} "
+        f"-c idle_in_transaction_session_timeout={int(idle_timeout * 1000)}"
+    )
+    kwargs: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "application_name": "bem-exporter",
+        "options": options,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+    }
+    if target.password:
+        kwargs["password"] = target.password
+    return kwargs
+
+
+async def open_pool(target: Target, kwargs: dict[str, Any], size: int) -> Pool:
+    """A pool of up to `size` connections, opened only after one connection succeeded, so that
+    a wrong password or a missing database is reported as what it is (`StateError`)."""
+    await probe(target, kwargs)
+    # The pool logs every failed reconnection; an outage is the exporter's health log's to
+    # report, once per transition, and a library's message is not ours to vouch for.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    pool: Pool = AsyncConnectionPool(
+        target.url,
+        kwargs=dict(kwargs),
+        min_size=1,
+        max_size=size,
+        timeout=POOL_TIMEOUT,
+        # After the database restarted every pooled connection is dead: check before use,
+        # so the first operation after an outage succeeds instead of failing once more.
+        check=AsyncConnectionPool.check_connection,
+        reconnect_timeout=0,
+        open=False,
+        name="bem-state",
+    )
+    await pool.open(wait=True, timeout=POOL_TIMEOUT)
+    return pool
+
+
+async def probe(target: Target, kwargs: dict[str, Any]) -> None:
+    try:
+        connection = await AsyncConnection.connect(target.url, **kwargs)
+    except psycopg.Error as error:
+        raise StateError(f"{SETTING}: cannot use {target.shown}: {describe(target, error)}") from None
+    await connection.close()
+
+
+def classify(error: psycopg.Error) -> WriteFault:
+    """What a failed database call means for the operator."""
+    state = error.sqlstate or ""
+    if state in _FAULTS_BY_STATE:
+        return _FAULTS_BY_STATE[state]
+    if state[:2] in _UNAVAILABLE_CLASSES or isinstance(error, psycopg.OperationalError):
+        return "unavailable"
+    return "other"
+
+
+def describe(target: Target, error: psycopg.Error) -> str:
+    """One line about `error`, without the password or the connection string."""
+    return _first_line(target.scrub(str(error))) or type(error).__name__
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return conninfo_to_dict(url).get("password")  # type: ignore[return-value]
+    except psycopg.ProgrammingError:
+        return None

@@ -28,7 +28,16 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from exporter.state.lease import Lease
-from exporter.state.postgres_connect import Pool, Target, classify, connection_kwargs, describe, open_pool, parse_target
+from exporter.state.postgres_connect import (
+    Pool,
+    Target,
+    Timeouts,
+    classify,
+    connection_kwargs,
+    describe,
+    open_pool,
+    parse_target,
+)
 from exporter.state.postgres_schema import migrate
 from exporter.state.store import Backfill, Changes, StateError, StateWriteError, Stored
 
@@ -36,7 +45,6 @@ Connection = AsyncConnection[TupleRow]
 _T = TypeVar("_T")
 POOL_SIZE = 4
 """Connections: the poll loop's commit, delivery's marks, lease renewals, /status reads."""
-MIN_STATEMENT_TIMEOUT = 5.0
 
 
 class PostgresStore:
@@ -53,13 +61,8 @@ class PostgresStore:
         """Connect, create or migrate the schema; `StateError` (one line naming
         `BEM_STATE_URL`, no password) when the database cannot be used."""
         target = parse_target(url, password)
-        kwargs = connection_kwargs(
-            target,
-            statement_timeout=max(lease_duration, MIN_STATEMENT_TIMEOUT),
-            # A paused leader inside a transaction would hold the lease row for ever.
-            idle_timeout=lease_duration,
-        )
-        pool = await open_pool(target, kwargs, POOL_SIZE)
+        timeouts = Timeouts(lease_duration)
+        pool = await open_pool(target, connection_kwargs(target, timeouts), POOL_SIZE, timeouts.wait)
         try:
             async with pool.connection() as connection:
                 await migrate(connection, target.shown)

@@ -28,10 +28,6 @@ from exporter.state.store import StateError, WriteFault
 Pool: TypeAlias = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
 SETTING = "BEM_STATE_URL"
-CONNECT_TIMEOUT = 5
-"""Seconds to open one connection (libpq's `connect_timeout`)."""
-POOL_TIMEOUT = 10.0
-"""Seconds an operation waits for a connection before it fails as `unavailable`."""
 _SCHEMES = ("postgresql://", "postgres://")
 _FAULTS_BY_STATE: dict[str, WriteFault] = {
     "53100": "disk_full",
@@ -42,6 +38,33 @@ _FAULTS_BY_STATE: dict[str, WriteFault] = {
 _UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "25")
 """Connection, rollback (serialization), resources, operator intervention (shutdown,
 cancelled statement), read-only transaction (connected to a standby after a failover)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long to wait on the database, derived from the lease: a leader must see an
+    operation fail, and retry its renewal, several times before its lease runs out."""
+
+    lease: float
+
+    @property
+    def wait(self) -> float:
+        """Seconds an operation waits for a connection before it fails as `unavailable`."""
+        return min(10.0, max(1.0, self.lease / 3))
+
+    @property
+    def connect(self) -> int:
+        """libpq's `connect_timeout` (whole seconds, at least 2)."""
+        return min(5, max(2, int(self.lease / 3)))
+
+    @property
+    def statement(self) -> float:
+        return max(5.0, self.lease)
+
+    @property
+    def idle_in_transaction(self) -> float:
+        """A paused leader inside a transaction would hold the lease row's lock for ever."""
+        return self.lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +99,14 @@ def parse_target(url: str, password: str | None = None) -> Target:
     return target
 
 
-def connection_kwargs(target: Target, statement_timeout: float, idle_timeout: float) -> dict[str, Any]:
+def connection_kwargs(target: Target, timeouts: Timeouts) -> dict[str, Any]:
     """libpq parameters beside the URL (they override it)."""
     options = (
-        f"-c statement_timeout={int(statement_timeout * 1000)} "
-        f"-c idle_in_transaction_session_timeout={int(idle_timeout * 1000)}"
+        f"-c statement_timeout={int(timeouts.statement * 1000)} "
+        f"-c idle_in_transaction_session_timeout={int(timeouts.idle_in_transaction * 1000)}"
     )
     kwargs: dict[str, Any] = {
-        "connect_timeout": CONNECT_TIMEOUT,
+        "connect_timeout": timeouts.connect,
         "application_name": "bem-exporter",
         "options": options,
         "keepalives_idle": 5,
@@ -95,7 +118,7 @@ def connection_kwargs(target: Target, statement_timeout: float, idle_timeout: fl
     return kwargs
 
 
-async def open_pool(target: Target, kwargs: dict[str, Any], size: int) -> Pool:
+async def open_pool(target: Target, kwargs: dict[str, Any], size: int, wait: float) -> Pool:
     """A pool of up to `size` connections, opened only after one connection succeeded, so that
     a wrong password or a missing database is reported as what it is (`StateError`)."""
     await probe(target, kwargs)
@@ -107,7 +130,7 @@ async def open_pool(target: Target, kwargs: dict[str, Any], size: int) -> Pool:
         kwargs=dict(kwargs),
         min_size=1,
         max_size=size,
-        timeout=POOL_TIMEOUT,
+        timeout=wait,
         # After the database restarted every pooled connection is dead: check before use,
         # so the first operation after an outage succeeds instead of failing once more.
         check=AsyncConnectionPool.check_connection,
@@ -115,7 +138,7 @@ async def open_pool(target: Target, kwargs: dict[str, Any], size: int) -> Pool:
         open=False,
         name="bem-state",
     )
-    await pool.open(wait=True, timeout=POOL_TIMEOUT)
+    await pool.open(wait=True, timeout=wait)
     return pool
 
 

@@ -96,7 +96,7 @@ async def run_backfill(settings: Settings) -> dict[str, Any]:
         rss_before = rss_bytes()
         user0, sys0 = cpu()
         wall0 = time.perf_counter()
-        worker = asyncio.create_task(exporter.delivery.run(exporter.poller.fetch_finished, stop))
+        worker = asyncio.create_task(exporter.delivery.run(stop))
         backlog = [0]
 
         async def watch_backlog() -> None:
@@ -105,19 +105,19 @@ async def run_backfill(settings: Settings) -> dict[str, Any]:
                 await asyncio.sleep(0.05)
 
         watcher = asyncio.create_task(watch_backlog())
-        report = await exporter.poller.cycle()
+        report = await exporter.cycle()
         watcher.cancel()
         wall_cycle = time.perf_counter() - wall0
         stop.set()
         await worker
-        delivered = await exporter.delivery.deliver(exporter.poller.fetch_finished)
+        delivered = await exporter.delivery.deliver()
         wall = time.perf_counter() - wall0
         user1, sys1 = cpu()
         peak = peak_rss_bytes()
         rss_after = rss_bytes()
         gc.collect()
         rss_after_gc = rss_bytes()
-        unexported = exporter.state.count_unexported()
+        unexported = await exporter.state.count_unexported()
     return {
         "ok": report.ok and delivered and unexported == 0,
         "error": report.error,

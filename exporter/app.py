@@ -1,7 +1,7 @@
-"""The commands' bodies: wire client, state, sinks and poller together, then run them.
+"""The commands' bodies: wire client, state, sinks and poll loop together, then run them.
 
 The one place that knows every part. Parts know nothing of each other beyond the protocols of
-`exporter.pipeline`.
+`exporter.pipeline` and `exporter.state.store`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from urllib.parse import urlsplit
 from exporter import __version__
 from exporter.bem.client import ApiError, BemClient, ListQuery
 from exporter.config import Secret, Settings
-from exporter.delivery import Delivery
+from exporter.delivery import Delivery, Retention
 from exporter.metrics import Metrics
 from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
-from exporter.poller import Poller
+from exporter.poll import ApiTraces, PollLoop
 from exporter.server import HttpServer
-from exporter.state import State
+from exporter.state import StateStore
+from exporter.state.sqlite import SqliteStore
 from exporter.traces import build_span_exporter
 from exporter.tracetree import render_tree
 
@@ -39,33 +40,47 @@ READY_INTERVALS = 3
 class Exporter:
     settings: Settings
     client: BemClient
-    state: State
+    state: StateStore
     metrics: Metrics
     spans: SpanExporter
     delivery: Delivery
-    poller: Poller
+    poller: PollLoop
 
     def ready(self) -> bool:
         last = self.poller.last_listing_ok
-        return last is not None and time.time() - last < READY_INTERVALS * self.settings.poll.interval
+        listing = last is not None and time.time() - last < READY_INTERVALS * self.settings.poll.interval
+        return listing and self.poller.state_ok
+
+    async def cycle(self) -> CycleReport:
+        """One poll cycle, reported with delivery's backlog (logged by the caller)."""
+        report = await self.poller.cycle()
+        report.export_backlog = self.delivery.backlog
+        self.metrics.observer.cycle_done(report, time.time())
+        return report
 
 
 @contextlib.asynccontextmanager
 async def open_exporter(settings: Settings, spans: SpanExporter | None = None) -> AsyncIterator[Exporter]:
     metrics = Metrics(settings.metrics, __version__)
-    state = State.open(settings.poll.state_path)
+    state = await SqliteStore.open(settings.poll.state_path)
     span_exporter = spans or build_span_exporter(settings.traces, metrics.observer)
     try:
         async with BemClient(settings.api, metrics.observer) as client:
             metrics.observer.expect_endpoints(client.endpoints)
-            delivery = Delivery(span_exporter, state, metrics.observer, settings.traces.max_backlog)
-            poller = Poller(
-                client, state, metrics.recorder, delivery, metrics.observer, settings.poll, settings.api.workflows
+            retention = Retention(window=settings.poll.lookback + settings.poll.interval, every=settings.poll.interval)
+            delivery = Delivery(
+                span_exporter, state, ApiTraces(client), metrics.observer, settings.traces.max_backlog, retention
             )
+            recorders = {"metrics": metrics.recorder}
+            poller = PollLoop(
+                client, state, recorders, delivery, metrics.observer, settings.poll, settings.api.workflows
+            )
+            await poller.reload()
+            await delivery.reload()
             yield Exporter(settings, client, state, metrics, span_exporter, delivery, poller)
     finally:
         span_exporter.shutdown()
-        state.close()
+        await state.close()
 
 
 def log_cycle(report: CycleReport) -> None:
@@ -90,10 +105,10 @@ def log_cycle(report: CycleReport) -> None:
 async def once(settings: Settings) -> int:
     """One full cycle, delivery included; a one-line summary on stdout."""
     async with open_exporter(settings) as exporter:
-        await exporter.delivery.deliver(exporter.poller.fetch_finished)
-        report = await exporter.poller.cycle()
+        await exporter.delivery.deliver()
+        report = await exporter.cycle()
         log_cycle(report)
-        delivered = await exporter.delivery.deliver(exporter.poller.fetch_finished)
+        delivered = await exporter.delivery.deliver()
     print(
         f"{'ok' if report.ok and delivered else 'failed'}: discovered {report.discovered}, "
         f"finished {report.finished}, handed on {report.handed_on}, tracked {report.tracked}, "
@@ -113,7 +128,7 @@ async def run(settings: Settings, spans: SpanExporter | None = None) -> int:
         server = HttpServer(settings.metrics, exporter.metrics, exporter.ready)
         url = await server.start()
         log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": settings.api.url})
-        worker = asyncio.create_task(exporter.delivery.run(exporter.poller.fetch_finished, stop))
+        worker = asyncio.create_task(exporter.delivery.run(stop))
         try:
             await _poll_until(exporter, stop)
         finally:
@@ -127,7 +142,7 @@ async def _poll_until(exporter: Exporter, stop: asyncio.Event) -> None:
     interval = exporter.settings.poll.interval
     while not stop.is_set():
         started = time.monotonic()
-        cycle = asyncio.create_task(exporter.poller.cycle())
+        cycle = asyncio.create_task(exporter.cycle())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({cycle, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -163,7 +178,7 @@ async def _shut_down(exporter: Exporter, worker: asyncio.Task[None], grace: floa
     with contextlib.suppress(asyncio.CancelledError):
         await worker
     try:
-        delivered = await asyncio.wait_for(exporter.delivery.deliver(), timeout=grace)
+        delivered = await asyncio.wait_for(exporter.delivery.deliver(refetch=False), timeout=grace)
     except TimeoutError:
         delivered = False
     if not delivered:

@@ -3,8 +3,10 @@
 Finished calls wait in a bounded in-memory backlog until the span exporter accepts them; only
 then does the state mark them exported. While the backend is down, the backlog holds up to
 `max_backlog` calls; older ones are evicted from memory but stay unexported in the state, and
-are fetched from the API again once the backend is back. Spans are given up on only when a
-call leaves the state's retention window (`BEM_LOOKBACK`), and then counted as dropped.
+are fetched again from the `TraceSource` it is given once the backend is back. Spans are given
+up on only when a call leaves the state's retention window (`BEM_LOOKBACK` plus a poll
+interval), and then counted as dropped: delivery owns that retention step too, so the poll loop
+never reads delivery's backlog.
 
 Exports run in a worker thread, one at a time, so the event loop (polling, /metrics) never
 waits on the backend.
@@ -15,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from exporter.pipeline import FinishedCall, Observer, SpanExporter
-from exporter.state import State
+from exporter.pipeline import FinishedCall, Observer, SpanExporter, TraceSource
+from exporter.state.store import StateError, StateStore, StateWriteError
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +31,38 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0
 
 
 @dataclass(frozen=True, slots=True)
-class Refetched:
-    """What a re-read of undelivered calls found. A call in neither set could not be read this
-    time (a 429, a timeout, an undecodable record): it is tried again later, never dropped."""
+class Retention:
+    """How long handled marks are kept, and how often they are pruned."""
 
-    found: list[FinishedCall] = field(default_factory=list)
-    gone: set[str] = field(default_factory=set)
-    """Calls the API answered for without them (or no longer finished): nothing to deliver."""
-
-
-Refetch = Callable[[Sequence[str]], Awaitable[Refetched]]
+    window: float
+    """Seconds: marks of calls created longer ago are forgotten (unexported ones counted as dropped)."""
+    every: float
+    """Seconds between prunes (a poll interval)."""
 
 
 class Delivery:
-    def __init__(self, exporter: SpanExporter, state: State, observer: Observer, max_backlog: int) -> None:
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        store: StateStore,
+        source: TraceSource,
+        observer: Observer,
+        max_backlog: int,
+        retention: Retention,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._exporter = exporter
-        self._state = state
+        self._store = store
+        self._source = source
         self._observer = observer
         self._max_backlog = max_backlog
+        self._retention = retention
+        self._clock = clock
+        self._prune_at = 0.0
         self._backlog: dict[str, FinishedCall] = {}
-        self._evicted = state.count_unexported() > 0  # spans left undelivered by an earlier process
+        self._evicted = False
         self._wake = asyncio.Event()
-        if self._evicted:
-            self._wake.set()  # deliver what an earlier process left, without waiting for new work
         self._retry_delay = RETRY_MIN
         self._retry_at = 0.0
         self._healthy = True
@@ -65,9 +76,11 @@ class Delivery:
     def backlog(self) -> int:
         return len(self._backlog)
 
-    def waiting(self) -> list[str]:
-        """The calls whose spans wait in memory (and may still be delivered)."""
-        return list(self._backlog)
+    async def reload(self) -> None:
+        """Look for spans an earlier process (or another instance) left undelivered."""
+        if await self._store.count_unexported() > 0:
+            self._evicted = True
+            self._wake.set()  # deliver what was left, without waiting for new work
 
     def submit(self, batch: Sequence[FinishedCall]) -> None:
         for item in batch:
@@ -80,7 +93,7 @@ class Delivery:
         if batch:
             self._wake.set()
 
-    async def run(self, refetch: Refetch, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """The worker of `bem-exporter run`: deliver whenever there is work and it is time."""
         while not stop.is_set():
             wait: float | None = None
@@ -88,6 +101,8 @@ class Delivery:
                 wait = max(self._retry_at - time.monotonic(), 0.0)
             elif self._evicted:
                 wait = max(self._refetch_at - time.monotonic(), 0.0)
+            until_prune = max(self._prune_at - self._clock(), 0.0)
+            wait = until_prune if wait is None else min(wait, until_prune)
             waker = asyncio.create_task(self._wake.wait())
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({waker, stopper}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
@@ -97,17 +112,32 @@ class Delivery:
             if stop.is_set():
                 return
             if self._healthy or time.monotonic() >= self._retry_at:
-                await self.deliver(refetch)
+                await self.deliver()
 
-    async def deliver(self, refetch: Refetch | None = None) -> bool:
-        """Export the backlog, then (when healthy) what earlier evictions or processes left.
-        True when nothing is left undelivered."""
+    async def deliver(self, refetch: bool = True) -> bool:
+        """Prune when due, export the backlog, then (when healthy, and unless `refetch` is
+        False) what earlier evictions or processes left. True when nothing is left undelivered.
+        A state fault is the poll loop's to report: delivery tries again later."""
         async with self._lock:
-            if not await self._drain():
+            try:
+                await self._prune_if_due()
+                if not await self._drain():
+                    return False
+                if refetch and self._evicted and time.monotonic() >= self._refetch_at:
+                    await self._recover()
+            except (StateError, StateWriteError) as error:
+                log.debug("span delivery waits for the state", extra={"error": str(error)})
                 return False
-            if refetch is not None and self._evicted and time.monotonic() >= self._refetch_at:
-                await self._recover(refetch)
             return not self._backlog and not self._evicted
+
+    async def _prune_if_due(self) -> None:
+        now = self._clock()
+        if now < self._prune_at:
+            return
+        self._prune_at = now + self._retention.every  # a failed prune, too, waits for the next turn
+        dropped = await self._store.prune(now - self._retention.window, keep=list(self._backlog))
+        if dropped:
+            self._observer.spans_dropped(dropped)
 
     async def _drain(self) -> bool:
         while self._backlog:
@@ -117,33 +147,33 @@ class Delivery:
                 self._failed(len(batch))
                 return False
             call_ids = [item.call.call_id for item in batch]
-            self._state.mark_exported(call_ids)
+            await self._store.mark_exported(call_ids)
             for call_id in call_ids:
                 self._backlog.pop(call_id, None)
             self._observer.spans_exported(len(batch), spans)
             self._recovered()
         return True
 
-    async def _recover(self, refetch: Refetch) -> None:
+    async def _recover(self) -> None:
         """Fetch again, from the API, calls whose spans were evicted or left by a crash."""
         # No more per round than the backlog holds: a larger round would evict at once what it
         # had just fetched, and fetch it again.
         size = min(EXPORT_BATCH, self._max_backlog)
         while True:
-            call_ids = self._state.unexported(size, skip=list(self._backlog))
+            call_ids = await self._store.unexported(size, skip=list(self._backlog))
             if not call_ids:
                 self._evicted = False
                 self._refetch_delay = RETRY_MIN
                 return
             try:
-                refetched = await refetch(call_ids)
+                refetched = await self._source.refetch(call_ids)
             except Exception as error:  # the API's trouble is the poller's to report
                 log.debug("refetch of undelivered calls failed", extra={"error": type(error).__name__})
                 self._postpone_refetch()
                 return
             if refetched.gone:
                 # Gone from the API (or no longer finished): nothing left to deliver for them.
-                self._state.mark_exported(sorted(refetched.gone))
+                await self._store.mark_exported(sorted(refetched.gone))
                 self._observer.spans_dropped(len(refetched.gone))
             self.submit(refetched.found)
             if not await self._drain():

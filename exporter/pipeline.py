@@ -1,20 +1,22 @@
 """The seams between the poll loop and what it feeds.
 
-The poller produces `FinishedCall`s and observations; it knows nothing of Prometheus or
-OTLP. Metrics implement `CallRecorder` and `Observer`; traces implement `SpanExporter`.
+The poll loop produces `FinishedCall`s and observations; it knows nothing of Prometheus or
+OTLP. Metrics (and the canary) implement `CallRecorder`, metrics implement `Observer`; traces
+implement `SpanExporter`; delivery takes batches as a `Handoff` and re-reads what it must send
+again from a `TraceSource`.
 
-Exactly-once counting rests on a three-step handshake driven by the poller:
+Exactly-once counting rests on a three-step handshake driven by the poll loop's batch:
 `stage()` folds a batch into counts that are not yet visible and returns the snapshot that
-includes them; the poller writes that snapshot and the "handled" marks in one SQLite
-transaction; then `publish()` makes the counts visible (or `discard()` drops them if the
-transaction failed). A crash at any instant therefore shows Prometheus either the old counts
-or the new ones, never an increment that the next start would repeat.
+includes them; the batch writes every recorder's snapshot and the "handled" marks in one
+state commit; then `publish()` makes the counts visible (or `discard()` drops them if the
+commit failed). A crash at any instant therefore shows Prometheus either the old counts or
+the new ones, never an increment that the next start would repeat.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from exporter.bem.models import Call, Trace
@@ -48,6 +50,30 @@ class CallRecorder(Protocol):
         ...
 
 
+class Handoff(Protocol):
+    """Takes committed batches for span delivery (delivery's backlog)."""
+
+    def submit(self, batch: Sequence[FinishedCall]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refetched:
+    """What a re-read of undelivered calls found. A call in neither set could not be read this
+    time (a 429, a timeout, an undecodable record): it is tried again later, never dropped."""
+
+    found: list[FinishedCall] = field(default_factory=list)
+    gone: set[str] = field(default_factory=set)
+    """Calls the API answered for without them (or no longer finished): nothing to deliver."""
+
+
+class TraceSource(Protocol):
+    """Where delivery reads again calls whose spans it must send but no longer holds."""
+
+    async def refetch(self, call_ids: Sequence[str]) -> Refetched:
+        """Raises on a failure of the whole read (the API unreachable)."""
+        ...
+
+
 class SpanExporter(Protocol):
     """Turns finished calls into spans and delivers them. Blocking; run in a worker thread."""
 
@@ -61,11 +87,11 @@ class SpanExporter(Protocol):
 
 @dataclass(slots=True)
 class CycleReport:
-    """What one poll cycle did; the poller fills it in as it goes. Logged as one line and fed
-    to the self-metrics."""
+    """What one poll cycle did; the poll loop fills it in as it goes (the app adds delivery's
+    backlog). Logged as one line and fed to the self-metrics."""
 
     ok: bool = False
-    """The listing succeeded (the exporter can see bem)."""
+    """The listing succeeded and the state is writable (the exporter can see bem and count)."""
     duration_seconds: float = 0.0
     discovered: int = 0
     refreshed: int = 0

@@ -13,10 +13,10 @@ from conftest import SIM_KEY, Clock, CollectingExporter, RecordingRecorder
 
 from exporter.bem.client import BemClient
 from exporter.config import ApiSettings, PollSettings, Secret
-from exporter.delivery import Delivery
+from exporter.delivery import Delivery, Retention
 from exporter.pipeline import CycleReport, NullObserver
-from exporter.poller import Poller
-from exporter.state import State
+from exporter.poll import ApiTraces, PollLoop
+from exporter.state.sqlite import SqliteStore
 
 Start = Callable[..., Any]
 
@@ -35,19 +35,32 @@ class Harness:
         self.reports: list[CycleReport] = []
 
     async def cycles(self, count: int, step: float = 15.0, between: Callable[[int], None] | None = None) -> None:
-        state = State.open(self.poll.state_path)
+        state = await SqliteStore.open(self.poll.state_path)
+        retention = Retention(window=self.poll.lookback + self.poll.interval, every=self.poll.interval)
         try:
             async with BemClient(self.api, max_attempts=3) as client:
-                delivery = Delivery(self.exporter, state, NullObserver(), max_backlog=10_000)
-                poller = Poller(client, state, self.recorder, delivery, NullObserver(), self.poll, clock=self.clock)
+                traces = ApiTraces(client)
+                delivery = Delivery(
+                    self.exporter,
+                    state,
+                    traces,
+                    NullObserver(),
+                    max_backlog=10_000,
+                    retention=retention,
+                    clock=self.clock,
+                )
+                recorders = {"metrics": self.recorder}
+                poller = PollLoop(client, state, recorders, delivery, NullObserver(), self.poll, clock=self.clock)
+                await poller.reload()
+                await delivery.reload()
                 for index in range(count):
                     self.clock.advance(step)  # time passes, then the cycle looks
                     if between is not None:
                         between(index)
                     self.reports.append(await poller.cycle())
-                    await delivery.deliver(poller.fetch_finished)
+                    await delivery.deliver()
         finally:
-            state.close()
+            await state.close()
 
     def run(self, count: int, step: float = 15.0, between: Callable[[int], None] | None = None) -> None:
         asyncio.run(self.cycles(count, step, between))

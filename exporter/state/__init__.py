@@ -1,6 +1,26 @@
-"""Durable state: the `StateStore` protocol (`store`), its engines, and the single-writer guard."""
+"""Durable state: the `StateStore` protocol and its data (`store`), the SQLite engine
+(`sqlite`, with its schema steps in `migrations`), and the single-writer file lock (`lock`)."""
 
-from exporter.state.sqlite import State
-from exporter.state.store import Backfill, Changes, StateError
+from exporter.state.store import (
+    Backfill,
+    Changes,
+    FencedError,
+    StateError,
+    StateStore,
+    StateWriteError,
+    Stored,
+    WriteFault,
+    WriterGuard,
+)
 
-__all__ = ["Backfill", "Changes", "State", "StateError"]
+__all__ = [
+    "Backfill",
+    "Changes",
+    "FencedError",
+    "StateError",
+    "StateStore",
+    "StateWriteError",
+    "Stored",
+    "WriteFault",
+    "WriterGuard",
+]

@@ -269,6 +269,56 @@ def test_keep_steps_down_when_the_lease_is_taken(postgres_server: PostgresServer
     run(scenario)
 
 
+def test_a_leader_that_cannot_renew_steps_down_when_its_lease_would_run_out(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    async def scenario() -> None:
+        store = await leader(postgres_url, duration=3.0, holder="me")
+        keeping = asyncio.create_task(store.lease.keep())
+        postgres_server.stop()
+        try:
+            reason = await asyncio.wait_for(keeping, timeout=30)
+        finally:
+            postgres_server.start()
+        assert reason.startswith("leader lease ran out before it could be renewed")
+        assert postgres_server.password not in reason
+        assert store.lease.epoch is None
+        with pytest.raises(FencedError):
+            await store.commit(Changes(handled=[("a", 1.0)]))
+        await store.close()
+
+    run(scenario)
+
+
+def test_a_leader_keeps_its_lease_through_an_outage_shorter_than_the_lease(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+
+    def expiry() -> object:
+        return postgres_server.execute("SELECT expires_at FROM bem_lease", database)[0][0]
+
+    async def scenario() -> None:
+        store = await leader(postgres_url, duration=12.0, holder="me")
+        first_expiry = expiry()
+        keeping = asyncio.create_task(store.lease.keep())
+        postgres_server.stop()
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            postgres_server.start()
+        await asyncio.sleep(store.lease.renew_interval + 2.0)  # a renewal after the outage
+        assert not keeping.done()
+        status = await store.lease.status()
+        assert status is not None and status.holder == "me" and status.epoch == 1
+        assert expiry() > first_expiry  # type: ignore[operator]
+        await store.commit(Changes(handled=[("a", 1.0)]))
+        keeping.cancel()
+        await store.close()
+
+    run(scenario)
+
+
 def test_a_clean_stop_hands_the_lease_over_without_waiting_for_it_to_run_out(postgres_url: str) -> None:
     async def scenario() -> None:
         first = await leader(postgres_url, duration=600.0)

@@ -17,10 +17,12 @@ import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 from postgres_server import PostgresServer
 
 from exporter.state.postgres import PostgresStore
+from exporter.state.postgres_connect import Timeouts, connection_kwargs, parse_target
 from exporter.state.postgres_schema import SCHEMA_VERSION
 from exporter.state.store import Backfill, Changes, FencedError, StateError, StateWriteError, Stored
 
@@ -330,10 +332,34 @@ def test_a_clean_stop_hands_the_lease_over_without_waiting_for_it_to_run_out(pos
     run(scenario)
 
 
+def test_a_leader_stalled_inside_a_commit_does_not_block_the_takeover(postgres_url: str) -> None:
+    """A leader paused in the middle of a commit holds the lease row's lock: its session is
+    ended by the server once idle in that transaction for longer than the lease, and the
+    standby's takeover goes through instead of waiting on the lock for ever."""
+
+    async def scenario() -> None:
+        stalled = await leader(postgres_url, duration=2.0, holder="stalled")
+        target = parse_target(postgres_url)
+        connection = await psycopg.AsyncConnection.connect(
+            postgres_url, **connection_kwargs(target, Timeouts(stalled.lease.duration))
+        )
+        await stalled.lease.verify(connection)  # the commit's first step: the row is locked now
+        standby = await PostgresStore.open(postgres_url, lease_duration=2.0, holder="standby")
+        assert await asyncio.wait_for(standby.lease.campaign(interval=0.2), timeout=30) == 2
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            await connection.execute("SELECT 1")  # the stalled session was ended
+        await connection.close()
+        await standby.close()
+        await stalled.close()
+
+    run(scenario)
+
+
 _PAUSED_LEADER = textwrap.dedent(
     """
     import asyncio, sys
     from exporter.state.postgres import PostgresStore
+from exporter.state.postgres_connect import Timeouts, connection_kwargs, parse_target
     from exporter.state.store import Changes, FencedError
 
     async def main() -> None:

@@ -359,7 +359,6 @@ _PAUSED_LEADER = textwrap.dedent(
     """
     import asyncio, sys
     from exporter.state.postgres import PostgresStore
-from exporter.state.postgres_connect import Timeouts, connection_kwargs, parse_target
     from exporter.state.store import Changes, FencedError
 
     async def main() -> None:
@@ -532,6 +531,25 @@ def test_after_a_commit_broken_during_commit_the_state_is_loaded_again_before_th
         assert "boom" not in stored.snapshots
         await store.commit(Changes(handled=[("next", 2.0)]))
         assert await store.handled(["doubtful", "next"]) == {"next"}
+        await store.close()
+
+    run(scenario)
+
+
+def test_a_database_that_is_down_at_start_is_unavailable_not_a_settings_error(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    async def scenario() -> None:
+        postgres_server.stop()
+        try:
+            with pytest.raises(StateWriteError) as down:
+                await PostgresStore.open(postgres_url, lease_duration=3.0)
+        finally:
+            postgres_server.start()
+        assert down.value.kind == "unavailable" and not isinstance(down.value, StateError)
+        assert postgres_server.password not in str(down.value)
+        store = await PostgresStore.open(postgres_url, lease_duration=3.0)
+        assert await store.load() == Stored()
         await store.close()
 
     run(scenario)

@@ -58,8 +58,10 @@ class PostgresStore:
     async def open(
         cls, url: str, *, password: str | None = None, lease_duration: float = 15.0, holder: str | None = None
     ) -> PostgresStore:
-        """Connect, create or migrate the schema; `StateError` (one line naming
-        `BEM_STATE_URL`, no password) when the database cannot be used."""
+        """Connect, create or migrate the schema. `StateError` (one line naming
+        `BEM_STATE_URL`, no password) when the settings are wrong: an unusable URL, a wrong
+        password, a missing database, a newer schema. `StateWriteError` with kind
+        `unavailable` when the database cannot be reached now: open again later."""
         target = parse_target(url, password)
         timeouts = Timeouts(lease_duration)
         pool = await open_pool(target, connection_kwargs(target, timeouts), POOL_SIZE, timeouts.wait)

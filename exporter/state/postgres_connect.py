@@ -23,7 +23,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from exporter.redact import redact_text, safe_url
-from exporter.state.store import StateError, WriteFault
+from exporter.state.store import StateError, StateWriteError, WriteFault
 
 Pool: TypeAlias = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
@@ -35,6 +35,17 @@ _FAULTS_BY_STATE: dict[str, WriteFault] = {
     "XX001": "corrupt",
     "XX002": "corrupt",
 }
+_REFUSED = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",
+    "pg_hba.conf",
+    "not permitted to log in",
+    "invalid integer value",
+    "invalid connection option",
+)
+"""Signs (libpq gives no SQLSTATE for a refused connection) that the settings are wrong rather
+than the database away: waiting will not help, the operator must change BEM_STATE_URL."""
 _UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "25")
 """Connection, rollback (serialization), resources, operator intervention (shutdown,
 cancelled statement), read-only transaction (connected to a standby after a failover)."""
@@ -93,9 +104,12 @@ def parse_target(url: str, password: str | None = None) -> Target:
     if not url.startswith(_SCHEMES):
         raise StateError(f"{SETTING}: expected postgresql://user@host:port/database, got {target.shown!r}")
     try:
-        conninfo_to_dict(url)
+        parameters = conninfo_to_dict(url)
     except psycopg.ProgrammingError as error:
         raise StateError(f"{SETTING}: not a valid PostgreSQL URL ({_first_line(target.scrub(str(error)))})") from None
+    ports = str(parameters.get("port") or "5432").split(",")
+    if not all(port.isdigit() and 0 < int(port) < 65536 for port in ports):
+        raise StateError(f"{SETTING}: the port of {target.shown!r} is not a number from 1 to 65535")
     return target
 
 
@@ -143,10 +157,15 @@ async def open_pool(target: Target, kwargs: dict[str, Any], size: int, wait: flo
 
 
 async def probe(target: Target, kwargs: dict[str, Any]) -> None:
+    """One connection: `StateError` when the settings are wrong (the server refused them),
+    `StateWriteError("unavailable")` when the database cannot be reached now (try again)."""
     try:
         connection = await AsyncConnection.connect(target.url, **kwargs)
     except psycopg.Error as error:
-        raise StateError(f"{SETTING}: cannot use {target.shown}: {describe(target, error)}") from None
+        message = describe(target, error)
+        if isinstance(error, psycopg.ProgrammingError) or any(sign in message for sign in _REFUSED):
+            raise StateError(f"{SETTING}: cannot use {target.shown}: {message}") from None
+        raise StateWriteError("unavailable", f"cannot reach the state database {target.shown}: {message}") from None
     await connection.close()
 
 

@@ -222,6 +222,10 @@ def test_a_write_is_refused_when_the_database_says_the_lease_moved_on(
         assert await store.handled(["before", "after"]) == {"before"}
         assert await store.count_unexported() == 1
         assert store.lease.epoch is None
+        # The renewal loop learns why from the refused write, and steps down with that reason.
+        assert await asyncio.wait_for(store.lease.keep(), timeout=store.lease.renew_interval + 10) == (
+            "leader lease (epoch 1) lost: taken over by other (epoch 2)"
+        )
         await store.close()
 
     run(scenario)

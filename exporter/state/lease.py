@@ -100,6 +100,8 @@ class Lease:
         self._monotonic = monotonic
         self._epoch: int | None = None
         self._deadline = 0.0
+        self._lost: str | None = None
+        """Why a write found the lease gone (for `keep()`'s answer)."""
 
     @property
     def epoch(self) -> int | None:
@@ -131,7 +133,7 @@ class Lease:
             raise self._fault("take the leader lease", error) from None
         if row is None:
             return None
-        self._epoch, self._deadline = int(row[0]), sent + self.duration
+        self._epoch, self._deadline, self._lost = int(row[0]), sent + self.duration, None
         return self._epoch
 
     async def renew(self) -> bool:
@@ -174,8 +176,8 @@ class Lease:
             raise FencedError("this replica does not hold the leader lease; it does not write the state")
         row = await (await connection.execute(_VERIFY, {"name": NAME})).fetchone()
         if row is None or row[0] != self.holder or int(row[1]) != epoch or not row[2]:
-            self._epoch = None
-            raise FencedError(f"leader lease (epoch {epoch}) lost: {_successor(row)}; this write was refused")
+            self._epoch, self._lost = None, f"leader lease (epoch {epoch}) lost: {_successor(row)}"
+            raise FencedError(f"{self._lost}; this write was refused")
 
     # -- loops -----------------------------------------------------------------------------
 
@@ -193,20 +195,21 @@ class Lease:
 
     async def keep(self) -> str:
         """Renew the lease until it is lost; return why, in words for the one log line of a
-        leader stepping down. Returns at once when the local deadline passes (a renewal that
-        cannot reach the database is retried until then)."""
+        leader stepping down. A renewal that cannot reach the database is retried every
+        second until the local deadline; a write refused by the fence ends it too."""
         failure = ""
-        while True:
+        while self.epoch is not None:
             wait = self.renew_interval if not failure else min(1.0, self.renew_interval)
             await asyncio.sleep(max(0.0, min(wait, self._deadline - self._monotonic())))
             if self.epoch is None:
-                return f"leader lease ran out before it could be renewed{failure}"
+                break
             try:
                 if not await self.renew():
                     return f"leader lease lost: {await self._describe_successor()}"
                 failure = ""
             except StateWriteError as error:
                 failure = f" (last attempt: {error})"
+        return self._lost or f"leader lease ran out before it could be renewed{failure}"
 
     # -- internals -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import pytest
+from postgres_server import PostgresServer
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.pipeline import FinishedCall
@@ -84,3 +85,17 @@ def sim_factory(clock: Clock) -> Iterator[object]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL cluster for the session (see tests/postgres_server.py)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's server (started again if a test stopped it)."""
+    postgres_server.start()
+    return postgres_server.create_database()

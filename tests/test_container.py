@@ -247,17 +247,21 @@ def merge(base: Any, override: Any, key: str = "") -> Any:
     return override
 
 
-def active(project: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services `docker compose up` starts (no profile selected)."""
-    return {name: service for name, service in project["services"].items() if not service.get("profiles")}
+def active(project: dict[str, Any], profiles: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """The services `docker compose [--profile P ...] up` starts."""
+    return {
+        name: service
+        for name, service in project["services"].items()
+        if not service.get("profiles") or set(service["profiles"]) & set(profiles)
+    }
 
 
-def check_structure(project: dict[str, Any], name: str) -> None:
+def check_structure(project: dict[str, Any], name: str, profiles: tuple[str, ...] = ()) -> None:
     assert set(project) <= {"name", "services", "volumes", "secrets", "networks", "configs"} | {
         key for key in project if key.startswith("x-")
     }, f"{name}: unknown top-level keys"
     services = project["services"]
-    running = active(project)
+    running = active(project, profiles)
     host_ports: list[str] = []
     for service_name, service in services.items():
         where = f"{name}: service {service_name}"
@@ -273,6 +277,8 @@ def check_structure(project: dict[str, Any], name: str) -> None:
                 assert source in (project.get("volumes") or {}), f"{where}: undeclared volume {source}"
         for secret in service.get("secrets", []):
             assert secret in (project.get("secrets") or {}), f"{where}: undeclared secret {secret}"
+            source = project["secrets"][secret].get("file")
+            assert source is None or (ROOT / source).exists(), f"{where}: secret file {source} is missing"
         depends = service.get("depends_on", [])
         for dependency in depends if isinstance(depends, list) else list(depends):
             assert dependency in services, f"{where}: depends on undefined {dependency}"
@@ -298,6 +304,7 @@ def test_compose_files_are_well_formed() -> None:
     merged = merge(base, load_yaml("compose.real-api.yaml"))
     check_structure(base, "compose.yaml")
     check_structure(merged, "compose.yaml + compose.real-api.yaml")
+    check_structure(base, "compose.yaml --profile ha", ("ha",))
     if docker_compose_available():
         for files in (["compose.yaml"], ["compose.yaml", "compose.real-api.yaml"]):
             arguments = [part for file in files for part in ("-f", file)]
@@ -361,3 +368,35 @@ def test_real_api_override_drops_the_simulator_and_reads_the_key_from_a_secret()
     secret = env["BEM_API_KEY_FILE"].removeprefix("/run/secrets/")
     assert secret in merged["services"]["exporter"]["secrets"]
     assert merged["secrets"][secret] == {"environment": "BEM_API_KEY"}
+
+
+def test_ha_profile_runs_two_replicas_on_one_postgresql_scraped_by_their_own_prometheus() -> None:
+    project = load_yaml("compose.yaml")
+    services = project["services"]
+    ha = {name for name, service in services.items() if "ha" in service.get("profiles", [])}
+    assert ha == {"postgres", "exporter-ha-1", "exporter-ha-2", "prometheus-ha"}
+    assert not ha & set(active(project)), "plain `docker compose up` starts no HA service"
+    replicas = [services["exporter-ha-1"], services["exporter-ha-2"]]
+    for replica in replicas:
+        env = replica["environment"]
+        state = urlsplit(env["BEM_STATE_URL"])
+        assert (state.scheme, state.hostname, state.password) == ("postgresql", "postgres", None)
+        assert env["BEM_STATE_PATH"] == "", "the image's SQLite default must not apply next to BEM_STATE_URL"
+        secret = env["BEM_STATE_PASSWORD_FILE"].removeprefix("/run/secrets/")
+        assert secret in replica["secrets"] and secret in services["postgres"]["secrets"]
+        assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == f"/run/secrets/{secret}"
+        assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert replica["read_only"] is True and replica["command"] == ["run"]
+    first, second = (replica["environment"] for replica in replicas)
+    assert first["BEM_STATE_URL"] == second["BEM_STATE_URL"]
+    assert first["OTEL_RESOURCE_ATTRIBUTES"] != second["OTEL_RESOURCE_ATTRIBUTES"]
+    assert replicas[0]["image"] == services["exporter"]["image"]
+
+    prometheus = services["prometheus-ha"]
+    mounts = dict(volume.split(":")[:2] for volume in prometheus["volumes"])
+    config_path = next(source for source, target in mounts.items() if target == "/etc/prometheus/prometheus.yml")
+    config = yaml.safe_load((ROOT / config_path).read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = jobs["bem-exporter"]["static_configs"][0]["targets"]
+    assert sorted(targets) == ["exporter-ha-1:9877", "exporter-ha-2:9877"]
+    assert mounts["./prometheus/rules"] == "/etc/prometheus/rules" and config["rule_files"] == ["rules/*.yaml"]

@@ -101,6 +101,7 @@ def test_alert_severities_match_the_intent() -> None:
         "BemExporterAbsent",
         "BemExporterPollFailing",
         "BemExporterPollsStale",
+        "BemExporterNoLeader",
     }
 
 

@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 @pytest.fixture(params=ENGINES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    return opener(str(request.param), tmp_path)
+    return opener(str(request.param), tmp_path, request)
 
 
 def run(store: Opener, work: Callable[[StateStore], Awaitable[T]]) -> T:

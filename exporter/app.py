@@ -18,12 +18,13 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from exporter import __version__
-from exporter.bem.client import ApiError, BemClient, ListQuery
-from exporter.config import Secret, Settings
+from exporter.bem.client import MAX_ATTEMPTS, ApiError, BemClient, ClientHooks, ListQuery
+from exporter.config import ApiSettings, Secret, Settings
 from exporter.delivery import Delivery
 from exporter.metrics import Metrics
-from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
+from exporter.pipeline import CycleReport, FinishedCall, Observer, SpanExporter
 from exporter.poller import Poller
+from exporter.redact import safe_url
 from exporter.server import HttpServer
 from exporter.state import State
 from exporter.traces import build_span_exporter
@@ -56,7 +57,7 @@ async def open_exporter(settings: Settings, spans: SpanExporter | None = None) -
     state = State.open(settings.poll.state_path)
     span_exporter = spans or build_span_exporter(settings.traces, metrics.observer)
     try:
-        async with BemClient(settings.api, metrics.observer) as client:
+        async with bem_client(settings.api, client_hooks(metrics.observer)) as client:
             metrics.observer.expect_endpoints(client.endpoints)
             delivery = Delivery(span_exporter, state, metrics.observer, settings.traces.max_backlog)
             poller = Poller(
@@ -66,6 +67,30 @@ async def open_exporter(settings: Settings, spans: SpanExporter | None = None) -
     finally:
         span_exporter.shutdown()
         state.close()
+
+
+def bem_client(api: ApiSettings, hooks: ClientHooks | None = None, *, max_attempts: int = MAX_ATTEMPTS) -> BemClient:
+    """The API client for these settings (limits the settings do not name keep the client's defaults)."""
+    return BemClient(
+        api.url,
+        api.key.get() if api.key is not None else None,
+        "v2" if api.version == "v2" else "v3",
+        timeout=api.timeout,
+        max_concurrency=api.max_concurrency,
+        max_rps=api.max_rps,
+        max_attempts=max_attempts,
+        hooks=hooks,
+    )
+
+
+def client_hooks(observer: Observer) -> ClientHooks:
+    """What the API client reports, into the self-metrics (the client logs the warnings)."""
+
+    def rejected(what: str, count: int) -> None:
+        for _ in range(count):
+            observer.rejected_record(what)
+
+    return ClientHooks(request=observer.api_request, rejected=rejected)
 
 
 def log_cycle(report: CycleReport) -> None:
@@ -112,7 +137,7 @@ async def run(settings: Settings, spans: SpanExporter | None = None) -> int:
     async with open_exporter(settings, spans) as exporter:
         server = HttpServer(settings.metrics, exporter.metrics, exporter.ready)
         url = await server.start()
-        log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": settings.api.url})
+        log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": safe_url(settings.api.url)})
         worker = asyncio.create_task(exporter.delivery.run(exporter.poller.fetch_finished, stop))
         try:
             await _poll_until(exporter, stop)
@@ -174,12 +199,12 @@ async def check(settings: Settings) -> int:
     """Reach the API and the OTLP endpoint; say what is wrong."""
     print("settings: ok")
     healthy = True
-    async with BemClient(settings.api, max_attempts=2) as client:
+    async with bem_client(settings.api, max_attempts=2) as client:
         try:
             await client.list_calls(ListQuery(limit=1))
-            print(f"api: ok ({settings.api.url}, {settings.api.version})")
+            print(f"api: ok ({safe_url(settings.api.url)}, {settings.api.version})")
         except ApiError as error:
-            print(f"api: FAILED ({settings.api.url}): {error}")
+            print(f"api: FAILED ({safe_url(settings.api.url)}): {error}")
             healthy = False
     if settings.traces.exporter != "otlp":
         print(f"traces: exporter {settings.traces.exporter}")

@@ -11,7 +11,7 @@ from typing import Any
 
 from conftest import SIM_KEY, Clock, CollectingExporter, RecordingRecorder
 
-from exporter.bem.client import BemClient
+from exporter.app import bem_client
 from exporter.config import ApiSettings, PollSettings, Secret
 from exporter.delivery import Delivery
 from exporter.pipeline import CycleReport, NullObserver
@@ -37,7 +37,7 @@ class Harness:
     async def cycles(self, count: int, step: float = 15.0, between: Callable[[int], None] | None = None) -> None:
         state = State.open(self.poll.state_path)
         try:
-            async with BemClient(self.api, max_attempts=3) as client:
+            async with bem_client(self.api, max_attempts=3) as client:
                 delivery = Delivery(self.exporter, state, NullObserver(), max_backlog=10_000)
                 poller = Poller(client, state, self.recorder, delivery, NullObserver(), self.poll, clock=self.clock)
                 for index in range(count):

@@ -86,11 +86,14 @@ def bem_client(api: ApiSettings, hooks: ClientHooks | None = None, *, max_attemp
 def client_hooks(observer: Observer) -> ClientHooks:
     """What the API client reports, into the self-metrics (the client logs the warnings)."""
 
+    def request(endpoint: str, code: str, seconds: float) -> None:
+        observer.api_request(endpoint, code, seconds)  # looked up per call: bench/worker.py wraps it
+
     def rejected(what: str, count: int) -> None:
         for _ in range(count):
             observer.rejected_record(what)
 
-    return ClientHooks(request=observer.api_request, rejected=rejected)
+    return ClientHooks(request=request, rejected=rejected)
 
 
 def log_cycle(report: CycleReport) -> None:

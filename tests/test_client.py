@@ -231,3 +231,34 @@ def test_a_lone_surrogate_in_a_trace_costs_that_record_alone(api: tuple[HostileA
     assert [step.function_call_id for step in trace.function_calls] == ["f2"]
     assert trace.events == () and trace.rejected == 2
     assert recorded.rejected == [("trace_record", 2)]
+
+
+def test_numbers_past_int64_cost_their_record_alone(api: tuple[HostileApi, str]) -> None:
+    """OTLP carries integers as int64: a wider one would make its span batch refused forever."""
+    hostile, url = api
+    page = {
+        "calls": [
+            _call("c1", workflowVersionNum=10**30),
+            _call("c2", workflowVersionNum=2**63 - 1, functionVersionNum=-(2**63)),
+            _call("c3", functionVersionNum=2**63),
+        ]
+    }
+    steps = [
+        {"functionCallID": "f1", "functionVersionNum": 2**64},
+        {"functionCallID": "f2", "functionVersionNum": 3},
+    ]
+    events = [{"eventID": "e1", "functionCallTryNumber": -(2**63) - 1}, {"eventID": "e2", "functionCallTryNumber": 2}]
+    trace = {"trace": {"functionCalls": steps, "events": events}}
+    hostile.fault = _answers(Reply(body=json.dumps(page).encode()), Reply(body=json.dumps(trace).encode()))
+    recorded = Recorded()
+
+    async def both(client: BemClient) -> tuple[Any, Any]:
+        return await client.list_calls(ListQuery()), await client.get_trace("c2")
+
+    decoded, got = _with_client(url, recorded, both)
+    assert [call.call_id for call in decoded.calls] == ["c2"]
+    assert decoded.calls[0].workflow_version == 2**63 - 1
+    assert decoded.rejected_ids == ["c1", "c3"]
+    assert [step.function_call_id for step in got.function_calls] == ["f2"]
+    assert [event.event_id for event in got.events] == ["e2"]
+    assert recorded.rejected == [("call", 2), ("trace_record", 2)]

@@ -262,3 +262,13 @@ def test_numbers_past_int64_cost_their_record_alone(api: tuple[HostileApi, str])
     assert [step.function_call_id for step in got.function_calls] == ["f2"]
     assert [event.event_id for event in got.events] == ["e2"]
     assert recorded.rejected == [("call", 2), ("trace_record", 2)]
+
+
+def test_a_corrupt_compressed_body_is_a_malformed_response(api: tuple[HostileApi, str]) -> None:
+    hostile, url = api
+    hostile.fault = _answers(Reply(body=b"\x1f\x8b not gzip at all", headers={"content-encoding": "gzip"}))
+    recorded = Recorded()
+    with pytest.raises(ApiError) as caught:
+        _with_client(url, recorded, _list)
+    assert caught.value.kind == "malformed" and caught.value.status == 200
+    assert recorded.rejected == [("response", 1)] * 3

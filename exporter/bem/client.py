@@ -272,10 +272,13 @@ class BemClient:
         if declared.isdigit() and "content-encoding" not in response.headers and int(declared) > self._max_bytes:
             raise _TooLargeError(response.status_code)
         body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > self._max_bytes:
-                raise _TooLargeError(response.status_code)
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise _TooLargeError(response.status_code)
+        except httpx.DecodingError:
+            return b""  # a corrupt gzip/deflate/brotli stream: a malformed body, retried as one
         return bytes(body)
 
     def _decoded(

@@ -180,10 +180,6 @@ class BemClient:
         await self._http.aclose()
 
     @property
-    def version(self) -> ApiVersion:
-        return self._version
-
-    @property
     def endpoints(self) -> tuple[str, ...]:
         """The endpoint templates this client requests (the `endpoint` label of its metrics)."""
         if self._version == "v2":

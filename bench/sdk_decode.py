@@ -46,7 +46,6 @@ from pydantic import BaseModel, TypeAdapter
 from exporter.bem.client import BemClient
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.bem.simulator import CONTENT_MARKER, URL_MARKER, Simulator, SimulatorConfig, SimulatorServer
-from exporter.config import ApiSettings, Secret
 
 MIN_FUNCTION_CALLS = 5
 MAX_FUNCTION_CALLS = 10
@@ -145,8 +144,7 @@ DECODERS: list[tuple[str, Callable[[bytes], object]]] = [
 
 
 async def _exporter_client(ids: list[str], url: str) -> None:
-    settings = ApiSettings(url=url, key=Secret(SIM_KEY), max_concurrency=1, max_rps=1e9)
-    async with BemClient(settings) as client:
+    async with BemClient(url, SIM_KEY, "v3", timeout=10.0, max_concurrency=1, max_rps=1e9) as client:
         for call_id in ids:
             await client.get_trace(call_id)
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from exporter import __version__
-from exporter.bem.client import ApiError, BemClient, ListQuery
-from exporter.config import Secret, Settings
+from exporter.bem.client import MAX_ATTEMPTS, ApiError, BemClient, ClientHooks, ListQuery
+from exporter.config import ApiSettings, Secret, Settings
 from exporter.delivery import Delivery, Retention
 from exporter.metrics import Metrics
-from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
+from exporter.pipeline import CycleReport, FinishedCall, Observer, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
+from exporter.redact import safe_url
 from exporter.server import HttpServer
 from exporter.state import StateStore
 from exporter.state.sqlite import SqliteStore
@@ -70,7 +71,7 @@ async def open_exporter(
     if status is not None:
         span_exporter = status.watch(span_exporter)
     try:
-        async with BemClient(settings.api, metrics.observer) as client:
+        async with bem_client(settings.api, client_hooks(metrics.observer)) as client:
             metrics.observer.expect_endpoints(client.endpoints)
             retention = Retention(window=settings.poll.lookback + settings.poll.interval, every=settings.poll.interval)
             delivery = Delivery(
@@ -86,6 +87,35 @@ async def open_exporter(
     finally:
         span_exporter.shutdown()
         await state.close()
+
+
+def bem_client(api: ApiSettings, hooks: ClientHooks | None = None, *, max_attempts: int = MAX_ATTEMPTS) -> BemClient:
+    """The API client for these settings."""
+    return BemClient(
+        api.url,
+        api.key.get() if api.key is not None else None,
+        "v2" if api.version == "v2" else "v3",
+        timeout=api.timeout,
+        max_concurrency=api.max_concurrency,
+        max_rps=api.max_rps,
+        max_attempts=max_attempts,
+        max_response_bytes=api.max_response_bytes,
+        retry_after_cap=api.retry_after_max,
+        hooks=hooks,
+    )
+
+
+def client_hooks(observer: Observer) -> ClientHooks:
+    """What the API client reports, into the self-metrics (the client logs the warnings)."""
+
+    def request(endpoint: str, code: str, seconds: float) -> None:
+        observer.api_request(endpoint, code, seconds)  # looked up per call: bench/worker.py wraps it
+
+    def rejected(what: str, count: int) -> None:
+        for _ in range(count):
+            observer.rejected_record(what)
+
+    return ClientHooks(request=request, rejected=rejected)
 
 
 def log_cycle(report: CycleReport) -> None:
@@ -133,7 +163,7 @@ async def run(settings: Settings, spans: SpanExporter | None = None) -> int:
     async with open_exporter(settings, spans, status) as exporter:
         server = HttpServer(settings.metrics, exporter.metrics, exporter.ready, status)
         url = await server.start()
-        log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": settings.api.url})
+        log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": safe_url(settings.api.url)})
         worker = asyncio.create_task(exporter.delivery.run(stop))
         try:
             await _poll_until(exporter, stop, status)
@@ -197,12 +227,12 @@ async def check(settings: Settings) -> int:
     """Reach the API and the OTLP endpoint; say what is wrong."""
     print("settings: ok")
     healthy = True
-    async with BemClient(settings.api, max_attempts=2) as client:
+    async with bem_client(settings.api, max_attempts=2) as client:
         try:
             await client.list_calls(ListQuery(limit=1))
-            print(f"api: ok ({settings.api.url}, {settings.api.version})")
+            print(f"api: ok ({safe_url(settings.api.url)}, {settings.api.version})")
         except ApiError as error:
-            print(f"api: FAILED ({settings.api.url}): {error}")
+            print(f"api: FAILED ({safe_url(settings.api.url)}): {error}")
             healthy = False
     if settings.traces.exporter != "otlp":
         print(f"traces: exporter {settings.traces.exporter}")

@@ -54,6 +54,14 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def peak_rss_kib(pid: int) -> int:
+    """Peak resident set size of a process over its life (VmHWM), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
 def otlp_env(receiver: HttpReceiver, timeout_ms: int = 2000) -> dict[str, str]:
     return {
         "OTEL_TRACES_EXPORTER": "otlp",

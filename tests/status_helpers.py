@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from exporter.bem.client import BemClient, ListQuery
+from exporter.app import bem_client
+from exporter.bem.client import ListQuery
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.config import ApiSettings, MetricsSettings, Secret
 from exporter.metrics import Metrics
@@ -28,7 +29,7 @@ def finished_calls(count: int = 12) -> list[FinishedCall]:
 
 
 async def _read(api: ApiSettings, count: int) -> list[FinishedCall]:
-    async with BemClient(api) as client:
+    async with bem_client(api) as client:
         page = await client.list_calls(ListQuery(limit=100))
         calls = [call for call in page.calls if call.finished][:count]
         traces = await asyncio.gather(*(client.get_trace(call.call_id) for call in calls))

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from conftest import SIM_KEY, Clock, RecordingRecorder
 
-from exporter.bem.client import BemClient
+from exporter.app import bem_client
 from exporter.config import ApiSettings, PollSettings, Secret
 from exporter.pipeline import NullObserver
 from exporter.poll import PollLoop
@@ -55,7 +55,7 @@ def _with_loop(
         async def life() -> T:
             store = await SqliteStore.open(str(path))
             try:
-                async with BemClient(api, max_attempts=2) as client:
+                async with bem_client(api, max_attempts=2) as client:
                     loop = PollLoop(client, store, recorders, handoff, NullObserver(), poll, clock=clock)
                     await loop.reload()
                     return await work(loop, store)

@@ -11,7 +11,7 @@ from typing import Any
 
 from conftest import SIM_KEY, Clock, CollectingExporter, RecordingRecorder
 
-from exporter.bem.client import BemClient
+from exporter.app import bem_client
 from exporter.config import ApiSettings, PollSettings, Secret
 from exporter.delivery import Delivery, Retention
 from exporter.pipeline import CycleReport, NullObserver
@@ -38,7 +38,7 @@ class Harness:
         state = await SqliteStore.open(self.poll.state_path)
         retention = Retention(window=self.poll.lookback + self.poll.interval, every=self.poll.interval)
         try:
-            async with BemClient(self.api, max_attempts=3) as client:
+            async with bem_client(self.api, max_attempts=3) as client:
                 traces = ApiTraces(client)
                 delivery = Delivery(
                     self.exporter,

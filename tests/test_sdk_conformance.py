@@ -39,7 +39,7 @@ from bem.types.function_type import FunctionType  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from exporter.bem import models  # noqa: E402
-from exporter.bem.decode import decode_call, decode_call_page, decode_trace  # noqa: E402
+from exporter.bem.decode import decode_call_page, decode_trace  # noqa: E402
 from exporter.bem.simulator import WORKFLOWS, Faults, Simulator, SimulatorConfig, SimulatorServer  # noqa: E402
 from exporter.bem.simulator.catalog import DIRECT_FUNCTIONS  # noqa: E402
 
@@ -144,9 +144,9 @@ def test_sdk_sends_array_parameters_comma_separated(served: Served) -> None:
     # the exporter's own client sends them the same way
     from exporter.bem.client import ListQuery
 
-    ours = ListQuery(statuses=("pending", "running"), call_types=("workflow", "adhoc_function")).params()
-    assert ours["statuses"] == "pending,running"
-    assert ours["callTypes"] == "workflow,adhoc_function"
+    ours = ListQuery(call_ids=("c1", "c2"), workflow_names=("invoice-intake", "claims-triage")).params()
+    assert ours["callIDs"] == "c1,c2"
+    assert ours["workflowNames"] == "invoice-intake,claims-triage"
 
 
 Case = tuple[dict[str, Any], Callable[[JSON], bool]]
@@ -458,10 +458,12 @@ def test_exporter_records_agree_with_the_sdk_field_by_field(served: Served, bodi
             _compare_call(a, b)
             compared["listed call"] += 1
     for body in bodies.calls.values():
-        call = decode_call(body)
+        # the record of `GET /v3/calls/{id}` is the same record as a listed one
+        record = json.dumps(json.loads(body)["call"]).encode()
+        page = decode_call_page(b'{"calls": [' + record + b"]}")
         got = CallGetResponse.model_validate_json(body, strict=True)
-        assert call is not None and got.call is not None
-        _compare_call(call, got.call)
+        assert page.rejected == 0 and got.call is not None
+        _compare_call(page.calls[0], got.call)
         compared["retrieved call"] += 1
     for body in bodies.traces.values():
         trace = decode_trace(body)

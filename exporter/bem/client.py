@@ -1,93 +1,104 @@
-"""Async client of bem's Calls API (v3, and v2 for legacy accounts).
+"""Async client of bem's Calls API (v3, and v2 for legacy accounts), over httpx.
 
 Every request goes through one place (`_get`) that applies the concurrency and rate limits,
-retries connect errors, 429 and 5xx with jittered exponential backoff (honouring
-`Retry-After`), and reports each attempt to the observer. Errors raised from here name the
-endpoint and status, never the key, a URL's query or a body.
+bounds the whole request (connect, headers and body) by one timeout and the body by a size
+limit, retries connect errors, timeouts, 429, 5xx and malformed bodies with the exporter's one
+backoff (honouring `Retry-After`, capped), and reports each attempt through the hooks it is
+given. It knows nothing of settings or of what reads the records. Errors raised from here name
+the endpoint and status, never the key, a URL's query or a body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from exporter import __version__
+from exporter.backoff import Backoff
 from exporter.bem.decode import CallPage, DecodeError, decode_call_page, decode_trace, decode_v2_trace
-from exporter.bem.http import AiohttpClient
 from exporter.bem.models import Trace
-from exporter.config import ApiSettings
-from exporter.pipeline import NullObserver, Observer
 
 log = logging.getLogger(__name__)
+
+ApiVersion = Literal["v3", "v2"]
 
 MAX_PAGE_SIZE = 100
 MAX_ATTEMPTS = 5
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
-RETRY_AFTER_CAP = 120.0
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+"""Largest response body read, counted after gzip/deflate/brotli decoding: a real page of 100
+calls is ~100 kB and the largest real traces a few MB; past this the request fails (not
+retried: the same answer would come again) and `too_large` is reported."""
+DEFAULT_RETRY_AFTER_CAP = 120.0
+"""Longest wait a `Retry-After` header can impose, seconds; a longer one waits this long."""
+LONG_THROTTLE = 30.0
+"""A `Retry-After` asking for at least this many seconds is logged as a warning."""
+CONNECT_TIMEOUT_CAP = 10.0
 
 T = TypeVar("T")
+ErrorKind = Literal["unreachable", "rejected", "malformed", "too_large"]
 
 
 class ApiError(Exception):
-    """A request to bem that failed for good (after retries, or not retryable)."""
+    """A request to bem that failed for good (after retries, or not retryable).
 
-    def __init__(self, endpoint: str, message: str, status: int | None = None) -> None:
+    `kind` says what failed: no answer (`unreachable`), an HTTP error status (`rejected`), an
+    answer that is not the expected JSON (`malformed`) or larger than the limit (`too_large`)."""
+
+    def __init__(
+        self, endpoint: str, message: str, status: int | None = None, *, kind: ErrorKind | None = None
+    ) -> None:
         super().__init__(f"{endpoint}: {message}")
         self.endpoint = endpoint
         self.status = status
+        self.kind: ErrorKind = kind or ("unreachable" if status is None else "rejected")
 
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
+
+def _nothing(*_: object) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHooks:
+    """What the client reports about itself; each hook defaults to doing nothing."""
+
+    request: Callable[[str, str, float], None] = _nothing
+    """Each attempt: endpoint template, status code or `error`, seconds."""
+    rejected: Callable[[str, int], None] = _nothing
+    """Records skipped as undecodable: `call`, `trace_record` or `response`, and how many."""
+    too_large: Callable[[str], None] = _nothing
+    """A response past the size limit: the endpoint template."""
+    throttled: Callable[[float], None] = _nothing
+    """A wait the API imposed with `Retry-After`, seconds (after the cap)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ListQuery:
-    """Parameters of `GET /v{2,3}/calls`; arrays are sent comma-separated."""
+    """Parameters of `GET /v{2,3}/calls` the exporter uses; arrays are sent comma-separated."""
 
     limit: int = MAX_PAGE_SIZE
     call_ids: Sequence[str] = ()
-    statuses: Sequence[str] = ()
     workflow_names: Sequence[str] = ()
-    workflow_ids: Sequence[str] = ()
-    reference_ids: Sequence[str] = ()
-    call_types: Sequence[str] = ()
-    function_ids: Sequence[str] = ()
-    function_names: Sequence[str] = ()
-    reference_id_substring: str | None = None
-    sort_order: str = "asc"
+    sort_order: Literal["asc", "desc"] = "asc"
     starting_after: str | None = None
-    ending_before: str | None = None
 
     def params(self) -> dict[str, str]:
         params = {"limit": str(self.limit), "sortOrder": self.sort_order}
-        arrays = {
-            "callIDs": self.call_ids,
-            "statuses": self.statuses,
-            "workflowNames": self.workflow_names,
-            "workflowIDs": self.workflow_ids,
-            "referenceIDs": self.reference_ids,
-            "callTypes": self.call_types,
-            "functionIDs": self.function_ids,
-            "functionNames": self.function_names,
-        }
-        params.update({name: ",".join(values) for name, values in arrays.items() if values})
-        optional = {
-            "referenceIDSubstring": self.reference_id_substring,
-            "startingAfter": self.starting_after,
-            "endingBefore": self.ending_before,
-        }
-        params.update({name: value for name, value in optional.items() if value})
+        if self.call_ids:
+            params["callIDs"] = ",".join(self.call_ids)
+        if self.workflow_names:
+            params["workflowNames"] = ",".join(self.workflow_names)
+        if self.starting_after:
+            params["startingAfter"] = self.starting_after
         return params
 
 
@@ -108,33 +119,56 @@ class RateLimiter:
             await asyncio.sleep(wait)
 
 
+class _TooLargeError(Exception):
+    """The body passed the size limit while being read."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    retry_after: str | None
+    body: bytes
+
+
 class BemClient:
-    """One per process. Use as `async with BemClient(settings) as client:`."""
+    """One per process. Use as `async with BemClient(url, key, "v3", ...) as client:`."""
 
     def __init__(
         self,
-        settings: ApiSettings,
-        observer: Observer | None = None,
+        base_url: str,
+        api_key: str | None,
+        version: ApiVersion,
         *,
+        timeout: float,
+        max_concurrency: int,
+        max_rps: float,
         max_attempts: int = MAX_ATTEMPTS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        retry_after_cap: float = DEFAULT_RETRY_AFTER_CAP,
+        hooks: ClientHooks | None = None,
     ) -> None:
-        self._settings = settings
-        self._observer = observer or NullObserver()
+        self._version: ApiVersion = version
+        self._timeout = timeout
         self._max_attempts = max_attempts
-        self._limit = asyncio.Semaphore(settings.max_concurrency)
-        self._rate = RateLimiter(settings.max_rps)
+        self._max_bytes = max_response_bytes
+        self._retry_after_cap = retry_after_cap
+        self._hooks = hooks or ClientHooks()
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._rate = RateLimiter(max_rps)
         headers = {"user-agent": f"bem-exporter/{__version__}", "accept": "application/json"}
-        if settings.key is not None:
-            headers["x-api-key"] = settings.key.get()
-        # aiohttp rather than httpx: httpx costs ~8x the CPU per request (docs/performance.md).
-        self._http = AiohttpClient(
-            settings.url + "/",
-            headers,
-            timeout=settings.timeout,
-            connect_timeout=min(settings.timeout, 10.0),
-            max_connections=settings.max_concurrency,
+        if api_key is not None:
+            headers["x-api-key"] = api_key
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP)),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            follow_redirects=False,
         )
-        self._version = settings.version
 
     async def __aenter__(self) -> BemClient:
         return self
@@ -144,10 +178,6 @@ class BemClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-    @property
-    def version(self) -> str:
-        return self._version
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -160,9 +190,8 @@ class BemClient:
         """One page of calls. `attempts` overrides the number of tries (1: a single probe)."""
         endpoint = f"/{self._version}/calls"
         page = await self._get(endpoint, f"{self._version}/calls", query.params(), decode_call_page, attempts)
-        for _ in range(page.rejected):
-            self._observer.rejected_record("call")
         if page.rejected:
+            self._hooks.rejected("call", page.rejected)
             # Counted (bem_exporter_rejected_records_total) and summed in the cycle's log line.
             log.debug("skipped undecodable call records", extra={"endpoint": endpoint, "count": page.rejected})
         return page
@@ -175,8 +204,9 @@ class BemClient:
         else:
             endpoint = "/v3/calls/{callID}/trace"
             trace = await self._get(endpoint, f"v3/calls/{_path_segment(call_id)}/trace", None, decode_trace)
-        for _ in range(trace.rejected):
-            self._observer.rejected_record("trace_record")
+        if trace.rejected:
+            self._hooks.rejected("trace_record", trace.rejected)
+            log.debug("skipped undecodable trace records", extra={"call_id": call_id, "count": trace.rejected})
         return trace
 
     async def _get(
@@ -189,50 +219,123 @@ class BemClient:
     ) -> T:
         """GET and decode, with limits and retries. `endpoint` is the template used in metrics
         and errors. A body that is not the expected JSON (truncated, garbled) is retried too."""
-        delay = BACKOFF_BASE
+        backoff = Backoff(BACKOFF_BASE, BACKOFF_CAP)
         max_attempts = attempts or self._max_attempts
         for attempt in range(1, max_attempts + 1):
-            retry_after: float | None = None
+            last = attempt == max_attempts
             async with self._limit:
                 await self._rate.acquire()
-                started = time.monotonic()
-                try:
-                    response = await self._http.get(path, params=params)
-                    body = await response.aread()
-                except httpx.TransportError as error:
-                    self._observer.api_request(endpoint, "error", time.monotonic() - started)
-                    reason = _transport_reason(error)
-                    if attempt == max_attempts:
-                        raise ApiError(endpoint, f"{reason} (after {attempt} attempts)") from None
-                else:
-                    status = response.status_code
-                    self._observer.api_request(endpoint, str(status), time.monotonic() - started)
-                    if 200 <= status < 300:
-                        try:
-                            return decode(body)
-                        except DecodeError as error:
-                            self._observer.rejected_record("response")
-                            if attempt == max_attempts:
-                                raise ApiError(endpoint, f"{error} (after {attempt} attempts)", status) from None
-                            log.debug("malformed response, retrying", extra={"endpoint": endpoint})
-                    if status != 429 and status < 500:
-                        raise ApiError(endpoint, _client_error(status), status)
-                    if attempt == max_attempts:
-                        raise ApiError(endpoint, f"HTTP {status} (after {attempt} attempts)", status)
-                    retry_after = _retry_after(response.headers.get("retry-after"))
+                answer = await self._attempt(endpoint, path, params, last, attempt)
+            if answer is not None:
+                result = self._decoded(endpoint, answer, decode, last, attempt)
+                if result is not None:
+                    return result[0]
             # Sleep outside the concurrency slot so other requests can go on meanwhile.
-            wait = retry_after if retry_after is not None else random.uniform(0, delay)
-            delay = min(delay * 2, BACKOFF_CAP)
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self._wait(answer, backoff))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, endpoint: str, path: str, params: dict[str, str] | None, last: bool, attempt: int
+    ) -> _Answer | None:
+        """One request: its answer, or None after a transport failure worth another try."""
+        started = time.monotonic()
+        try:
+            answer = await self._send(path, params)
+        except (httpx.TransportError, TimeoutError) as error:
+            self._hooks.request(endpoint, "error", time.monotonic() - started)
+            if last:
+                raise ApiError(endpoint, f"{_transport_reason(error)} (after {attempt} attempts)") from None
+            return None
+        except _TooLargeError as error:
+            self._hooks.request(endpoint, str(error.status), time.monotonic() - started)
+            self._hooks.too_large(endpoint)
+            log.warning("bem API response too large", extra={"endpoint": endpoint, "limit_bytes": self._max_bytes})
+            message = f"response larger than {self._max_bytes} bytes"
+            raise ApiError(endpoint, message, error.status, kind="too_large") from None
+        self._hooks.request(endpoint, str(answer.status), time.monotonic() - started)
+        return answer
+
+    async def _send(self, path: str, params: dict[str, str] | None) -> _Answer:
+        """GET with the whole exchange, body included, bounded by the timeout: a server that
+        trickles one byte at a time cannot hold a request open past it."""
+        async with asyncio.timeout(self._timeout), self._http.stream("GET", path, params=params) as response:
+            body = await self._read(response)
+            return _Answer(response.status_code, response.headers.get("retry-after"), body)
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        """The decoded body, stopping as soon as it passes the size limit."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and "content-encoding" not in response.headers and int(declared) > self._max_bytes:
+            raise _TooLargeError(response.status_code)
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise _TooLargeError(response.status_code)
+        except httpx.DecodingError:
+            return b""  # a corrupt gzip/deflate/brotli stream: a malformed body, retried as one
+        return bytes(body)
+
+    def _decoded(
+        self, endpoint: str, answer: _Answer, decode: Callable[[bytes], T], last: bool, attempt: int
+    ) -> tuple[T] | None:
+        """The decoded body of a 2xx answer; None for an answer worth another try."""
+        status = answer.status
+        if 200 <= status < 300:
+            try:
+                return (decode(answer.body),)
+            except DecodeError as error:
+                self._hooks.rejected("response", 1)
+                if last:
+                    raise ApiError(endpoint, f"{error} (after {attempt} attempts)", status, kind="malformed") from None
+                log.debug("malformed response, retrying", extra={"endpoint": endpoint})
+                return None
+        if status != 429 and status < 500:
+            raise ApiError(endpoint, _client_error(status), status)
+        if last:
+            raise ApiError(endpoint, f"HTTP {status} (after {attempt} attempts)", status)
+        return None
+
+    def _wait(self, answer: _Answer | None, backoff: Backoff) -> float:
+        """Seconds before the next try: what a 429/5xx's `Retry-After` asks (capped), or the backoff."""
+        jittered = backoff.next()
+        if answer is None or 200 <= answer.status < 300:
+            return jittered
+        asked = retry_after_seconds(answer.retry_after)
+        if asked is None:
+            return jittered
+        wait = min(asked, self._retry_after_cap)
+        if asked >= LONG_THROTTLE:
+            log.warning(
+                "bem API throttles requests with a long Retry-After",
+                extra={"retry_after": round(asked, 1), "waiting": round(wait, 1), "cap": self._retry_after_cap},
+            )
+        self._hooks.throttled(wait)
+        return wait
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header asks for (delta-seconds or HTTP date), uncapped; None
+    when absent or unusable: not a number or date, negative, in the past, not finite."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return seconds if 0.0 < seconds < float("inf") else None
 
 
 def _path_segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _transport_reason(error: httpx.TransportError) -> str:
-    if isinstance(error, httpx.TimeoutException):
+def _transport_reason(error: Exception) -> str:
+    if isinstance(error, httpx.TimeoutException | TimeoutError):
         return "timed out"
     if isinstance(error, httpx.ConnectError):
         return "cannot connect"
@@ -247,17 +350,3 @@ def _client_error(status: int) -> str:
     if status == 404:
         return "HTTP 404: not found (check BEM_API_URL and BEM_API_VERSION)"
     return f"HTTP {status}: request rejected"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or HTTP date), capped."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)

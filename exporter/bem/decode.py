@@ -3,10 +3,20 @@
 A response is decoded in two steps: the envelope keeps each record as raw JSON, then each
 record is decoded on its own. A record that cannot be decoded is counted and skipped; its
 neighbours still arrive. Errors raised here never carry payload content.
+
+Some faults are lexical and would fail the envelope itself, and so every record of the page:
+a lone UTF-16 surrogate escape (`"\\ud83d"`, what Python's `json.dumps` writes for a cut
+emoji), invalid UTF-8 inside a string, a non-finite number. A body the fast decoder rejects is
+read once more by a tolerant parser that marks each such value unreadable (`_sanitized`), so
+that only the records holding one in a field the exporter reads are rejected; the same value in
+an ignored field costs nothing. Only a body even the tolerant parser cannot read (truncated,
+not JSON) is a malformed response.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -133,12 +143,54 @@ def _decode_call(raw: bytes) -> Call:
     return call
 
 
-def _envelope(decoder: msgspec.json.Decoder[T], body: bytes, what: str) -> T:
+def _envelope(decoder: msgspec.json.Decoder[T], body: bytes | msgspec.Raw, what: str) -> T:
     try:
         return decoder.decode(body)
     except _INVALID:
+        pass
+    try:
+        return decoder.decode(_sanitized(body))
+    except (*_INVALID, ValueError):
         # The message of msgspec's error may quote the payload; ours names only the endpoint.
         raise DecodeError(f"{what}: response body is not the expected JSON") from None
+
+
+_UNREADABLE: list[str] = ["unreadable value"]
+"""Stands in for a value the fast decoder cannot read: a list, which no field of a record
+accepts, so a record that reads the field is rejected and one that ignores it is not."""
+
+
+def _sanitized(body: bytes | msgspec.Raw) -> bytes:
+    """`body` re-encoded with every unreadable string or number replaced by `_UNREADABLE`.
+    Raises ValueError (or RecursionError) if the body is not JSON even to a tolerant parser."""
+    text = bytes(body).decode("utf-8", errors="surrogateescape")  # bad bytes become lone surrogates
+    parsed = json.loads(text)
+    return json.dumps(_readable(parsed), ensure_ascii=False).encode()
+
+
+def _readable(value: object) -> object:
+    if isinstance(value, str):
+        return value if _encodable(value) else _UNREADABLE
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _UNREADABLE
+    if isinstance(value, list):
+        return [_readable(item) for item in value]
+    if isinstance(value, dict):
+        # A key no field is named after is ignored, whatever it holds.
+        return {_key(key): _readable(item) for key, item in value.items()}
+    return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _key(key: str) -> str:
+    return key if _encodable(key) else key.encode(errors="replace").decode()
 
 
 def decode_call_page(body: bytes) -> CallPage:
@@ -163,17 +215,6 @@ def decode_call_page(body: bytes) -> CallPage:
 def _call_id(raw: msgspec.Raw) -> str | None:
     try:
         return _id_only.decode(raw).callID or None
-    except _INVALID:
-        return None
-
-
-def decode_call(body: bytes) -> Call | None:
-    """The call of `GET /v{2,3}/calls/{id}`, or None if its record is undecodable."""
-    envelope = _envelope(_call_envelope, body, "get call")
-    if envelope.call == b"null":
-        return None
-    try:
-        return _decode_call(envelope.call)
     except _INVALID:
         return None
 

@@ -13,13 +13,18 @@ bem adds values over time and the exporter keeps unknown ones as they come.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
 FINISHED_STATUSES = frozenset({"completed", "failed"})
-IN_PROGRESS_STATUSES = frozenset({"pending", "running"})
 NO_WORKFLOW = "(none)"
 """The `workflow_name` of a call that runs a single function rather than a workflow."""
+
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""An integer a span attribute can carry (OTLP's int64): a record with a number outside is
+rejected at decoding, as its export would be refused on every retry and hold up the spans of
+every call queued behind it."""
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,11 +38,11 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     reference_id: str | None = msgspec.field(name="callReferenceID", default=None)
     workflow_id: str | None = msgspec.field(name="workflowID", default=None)
     workflow_name: str | None = msgspec.field(name="workflowName", default=None)
-    workflow_version: int | None = msgspec.field(name="workflowVersionNum", default=None)
+    workflow_version: Int64 | None = msgspec.field(name="workflowVersionNum", default=None)
     function_id: str | None = msgspec.field(name="functionID", default=None)
     function_name: str | None = msgspec.field(name="functionName", default=None)
     function_type: str | None = msgspec.field(name="functionType", default=None)
-    function_version: int | None = msgspec.field(name="functionVersionNum", default=None)
+    function_version: Int64 | None = msgspec.field(name="functionVersionNum", default=None)
 
     @property
     def finished(self) -> bool:
@@ -56,7 +61,7 @@ class FunctionCall(msgspec.Struct, frozen=True, kw_only=True):
     function_id: str | None = msgspec.field(name="functionID", default=None)
     function_name: str = msgspec.field(name="functionName", default="")
     function_type: str = msgspec.field(name="type", default="")
-    function_version: int | None = msgspec.field(name="functionVersionNum", default=None)
+    function_version: Int64 | None = msgspec.field(name="functionVersionNum", default=None)
     status: str = ""
     started_at: datetime | None = msgspec.field(name="startedAt", default=None)
     finished_at: datetime | None = msgspec.field(name="finishedAt", default=None)
@@ -77,10 +82,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str = msgspec.field(name="eventType", default="")
     created_at: datetime | None = msgspec.field(name="createdAt", default=None)
     function_call_id: str | None = msgspec.field(name="functionCallID", default=None)
-    try_number: int | None = msgspec.field(name="functionCallTryNumber", default=None)
+    try_number: Int64 | None = msgspec.field(name="functionCallTryNumber", default=None)
     function_id: str | None = msgspec.field(name="functionID", default=None)
     function_name: str | None = msgspec.field(name="functionName", default=None)
-    function_version: int | None = msgspec.field(name="functionVersionNum", default=None)
+    function_version: Int64 | None = msgspec.field(name="functionVersionNum", default=None)
     metadata: EventMetadata | None = None
     message: str | None = None
     kind: str | None = None
@@ -102,6 +107,3 @@ class Trace(msgspec.Struct, frozen=True, kw_only=True):
     events: tuple[Event, ...] = ()
     rejected: int = 0
     """Function calls and events in the payload that could not be decoded and were skipped."""
-
-
-EMPTY_TRACE = Trace()

@@ -59,9 +59,18 @@ class Metrics:
         """The body and Content-Type of a scrape: OpenMetrics (with exemplars) when `accept`
         asks for `application/openmetrics-text`, else the Prometheus text format 0.0.4;
         gzip-compressed when asked. Renders the call metrics only if they changed since the
-        last render (which `publish()` has usually started already): may block, call it from
-        a worker thread when `calls_fresh()` is false."""
+        last render (which `publish()` has usually started already): may block, so call it
+        from a worker thread when `exposition_if_rendered()` returns None."""
         accept = accept or ""
         _, content_type = choose_encoder(accept)
-        cached = self._calls.body(accept, gzipped)
-        return cached + render_live(self.live_registry, accept, gzipped), content_type
+        return self._calls.body(accept, gzipped, render_live(self.live_registry, accept)), content_type
+
+    def exposition_if_rendered(self, accept: str | None, gzipped: bool = False) -> tuple[bytes, str] | None:
+        """`exposition()` if the call metrics are rendered for this variant (a few ms at most:
+        fine on the event loop), else None."""
+        accept = accept or ""
+        body = self._calls.rendered(accept, gzipped, render_live(self.live_registry, accept))
+        if body is None:
+            return None
+        _, content_type = choose_encoder(accept)
+        return body, content_type

@@ -6,15 +6,16 @@ rendered when they change (text and OpenMetrics right away, in a background thre
 variants and gzip on first demand) and every scrape until the next change gets the same
 bytes. The self-metrics are few and change continuously: they are rendered per scrape and
 appended. In OpenMetrics the cached part is kept without its `# EOF` line, so the body ends
-with exactly one (the self-metrics part's). A gzip body is two gzip members, the cached one
-and the per-scrape one: RFC 1952 allows a body of several members, and Prometheus (Go's
-gzip reader) and Python's gzip read them as one stream.
+with exactly one (the self-metrics part's). A gzip body is one gzip stream: the cached
+part's compressed bytes and a copy of the compressor's state after them (`zlib` compressor
+copies), which each scrape continues with its self-metrics and finishes (a body of two gzip
+members would be valid RFC 1952, but some clients, httpx among them, read only the first).
 """
 
 from __future__ import annotations
 
-import gzip
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
@@ -24,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 
 Encoder = Callable[[CollectorRegistry], bytes]
 
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 GZIP_LEVEL: Final = 1
 """Scrape bodies compress about tenfold at level 1; higher levels cost CPU for little more."""
 OPENMETRICS: Final = "application/openmetrics-text"
@@ -41,7 +43,8 @@ class CachedExposition:
         self._version = version
         self._lock = threading.Lock()
         self._rendered_version = -1
-        self._bodies: dict[tuple[str, bool], bytes] = {}
+        self._bodies: dict[str, bytes] = {}
+        self._gzipped: dict[str, _GzipPrefix] = {}
         self._prerender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-prerender")
 
     def changed(self) -> None:
@@ -49,44 +52,65 @@ class CachedExposition:
         that scrapes find them ready."""
         self._prerender.submit(self._render_common)
 
-    def body(self, accept: str, gzipped: bool) -> bytes:
-        """The cached part of a scrape body for this variant (rendered if stale)."""
+    def rendered(self, accept: str, gzipped: bool, live: bytes) -> bytes | None:
+        """The body for this variant if the cached part is rendered and current, without
+        waiting (no lock: the dicts are replaced under the lock after the version moved on)."""
+        _, content_type = choose_encoder(accept)
+        if self._rendered_version != self._version():
+            return None
+        if gzipped:
+            prefix = self._gzipped.get(content_type)
+            return None if prefix is None else prefix.finish(live)
+        body = self._bodies.get(content_type)
+        return None if body is None else body + live
+
+    def body(self, accept: str, gzipped: bool, live: bytes) -> bytes:
+        """The body for this variant, the cached part rendered first if stale."""
         encoder, content_type = choose_encoder(accept)
-        key = (content_type, gzipped)
         with self._lock:
             self._drop_if_stale()
-            body = self._bodies.get(key)
+            body = self._bodies.get(content_type)
             if body is None:
-                body = self._render(encoder, content_type, gzipped)
-                self._bodies[key] = body
-            return body
+                body = self._bodies[content_type] = _render(self._registry, encoder, content_type)
+            if not gzipped:
+                return body + live
+            prefix = self._gzipped.get(content_type)
+            if prefix is None:
+                prefix = self._gzipped[content_type] = _GzipPrefix(body)
+        return prefix.finish(live)
 
     def _render_common(self) -> None:
         for accept in PRERENDERED:
-            self.body(accept, gzipped=False)
+            self.body(accept, gzipped=False, live=b"")
 
     def _drop_if_stale(self) -> None:
         version = self._version()
         if version != self._rendered_version:
             # Read before rendering: a publish racing the render can only make the cache
             # look older than it is (one render too many), never newer.
-            self._bodies.clear()
+            self._bodies = {}
+            self._gzipped = {}
             self._rendered_version = version
 
-    def _render(self, encoder: Encoder, content_type: str, gzipped: bool) -> bytes:
-        if gzipped:
-            plain = self._bodies.get((content_type, False))
-            if plain is None:
-                plain = self._bodies[(content_type, False)] = self._render(encoder, content_type, False)
-            return gzip.compress(plain, compresslevel=GZIP_LEVEL)
-        body = encoder(self._registry)
-        if content_type.startswith(OPENMETRICS):
-            body = body.removesuffix(EOF)
-        return body
+
+class _GzipPrefix:
+    """The start of a gzip stream, and the compressor state to continue it from."""
+
+    def __init__(self, body: bytes) -> None:
+        self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+        self._prefix = self._compressor.compress(body)
+
+    def finish(self, rest: bytes) -> bytes:
+        compressor = self._compressor.copy()
+        return self._prefix + compressor.compress(rest) + compressor.flush()
 
 
-def render_live(registry: CollectorRegistry, accept: str, gzipped: bool) -> bytes:
+def _render(registry: CollectorRegistry, encoder: Encoder, content_type: str) -> bytes:
+    body = encoder(registry)
+    return body.removesuffix(EOF) if content_type.startswith(OPENMETRICS) else body
+
+
+def render_live(registry: CollectorRegistry, accept: str) -> bytes:
     """The per-scrape part of a body (ends with `# EOF` in OpenMetrics)."""
     encoder, _ = choose_encoder(accept)
-    body = encoder(registry)
-    return gzip.compress(body, compresslevel=GZIP_LEVEL) if gzipped else body
+    return encoder(registry)

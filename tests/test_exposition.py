@@ -1,0 +1,105 @@
+"""Scrapes served from the cached exposition: what concurrent scrapers get equals a fresh
+render after each publish, in both formats, gzip or not, and the call metrics are rendered
+once per publish, not once per scrape."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import httpx
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.config import MetricsSettings
+from exporter.metrics import Metrics
+from exporter.server import HttpServer
+from tests.test_metrics import OPENMETRICS, make_call
+
+SCRAPERS = 20
+PUBLISHES = 4
+
+
+def _fresh_calls_part(metrics: Metrics, accept: str | None) -> bytes:
+    if accept is None:
+        return generate_latest(metrics.calls_registry)
+    return openmetrics.generate_latest(metrics.calls_registry).removesuffix(b"# EOF\n")
+
+
+async def _scrape(client: httpx.AsyncClient, url: str, accept: str | None, gzipped: bool) -> bytes:
+    headers = {"Accept-Encoding": "gzip" if gzipped else "identity"}
+    if accept is not None:
+        headers["Accept"] = accept
+    async with client.stream("GET", f"{url}/metrics", headers=headers) as response:
+        assert response.status_code == 200
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    if gzipped:
+        assert response.headers["content-encoding"] == "gzip"
+        return gzip.decompress(raw)
+    assert "content-encoding" not in response.headers
+    return raw
+
+
+def _check(body: bytes, fresh: bytes, accept: str | None) -> None:
+    assert body.startswith(fresh)
+    text = body.decode()
+    if accept is None:
+        names = {family.name for family in parse_text(text)}
+    else:
+        assert text.endswith("# EOF\n") and text.count("# EOF") == 1
+        names = {family.name for family in parse_openmetrics(text)}
+    assert {"bem_calls", "bem_exporter_up"} <= names or {"bem_calls_total", "bem_exporter_up"} <= names
+
+
+def test_concurrent_scrapers_get_a_fresh_render_after_each_publish() -> None:
+    async def main() -> None:
+        config = MetricsSettings(listen_host="127.0.0.1", listen_port=0)
+        metrics = Metrics(config, "9.9.9")
+        renders = 0
+        collect = metrics.recorder.collect
+
+        def counting_collect():  # type: ignore[no-untyped-def]
+            nonlocal renders
+            renders += 1
+            return collect()
+
+        metrics.recorder.collect = counting_collect  # type: ignore[method-assign]
+        server = HttpServer(config, metrics, lambda: True)
+        url = await server.start()
+        try:
+            async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=SCRAPERS)) as client:
+                for batch in range(PUBLISHES):
+                    metrics.recorder.stage([make_call(f"c{batch}-{i}", workflow=f"wf{i}") for i in range(5)])
+                    metrics.recorder.publish()
+                    renders_before = renders
+                    for accept in (None, OPENMETRICS):
+                        for gzipped in (False, True):
+                            bodies = await asyncio.gather(
+                                *(_scrape(client, url, accept, gzipped) for _ in range(SCRAPERS))
+                            )
+                            fresh = _fresh_calls_part(metrics, accept)
+                            for body in bodies:
+                                _check(body, fresh, accept)
+                    # two formats, each rendered once for the publish (the fresh renders above
+                    # in this test count too: one per format and variant)
+                    assert renders - renders_before <= 2 + 4
+                    value = f'bem_calls_total{{status="completed",workflow_name="wf0"}} {batch + 1}.0'
+                    assert value.encode() in bodies[0]
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_a_scrape_right_after_publish_never_sees_the_previous_counts() -> None:
+    metrics = Metrics(MetricsSettings(), "9.9.9")
+    for batch in range(20):
+        metrics.recorder.stage([make_call(f"c{batch}")])
+        metrics.recorder.publish()
+        for accept in (None, OPENMETRICS):
+            served = metrics.exposition_if_rendered(accept) or metrics.exposition(accept)
+            body = served[0]
+            assert body.startswith(_fresh_calls_part(metrics, accept))
+            assert f'workflow_name="invoice-intake"}} {batch + 1}.0'.encode() in body

@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scrape-series", type=int, help="call-metric samples for the scrape run (50000; --quick 5000; 0 skips)"
     )
-    parser.add_argument("--scrape-seconds", type=float, help="seconds of scraping (20; --quick 6)")
+    parser.add_argument("--scrape-seconds", type=float, help="seconds of scraping (30; --quick 6)")
     parser.add_argument("--scrapers", type=int, default=20, help="concurrent scrapers (20)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     live_seconds = args.live if args.live is not None else (20.0 if quick else 60.0)
     name = args.name or ("quick" if quick else "full")
     scrape_series = args.scrape_series if args.scrape_series is not None else (5000 if quick else 50000)
-    scrape_seconds = args.scrape_seconds if args.scrape_seconds is not None else (6.0 if quick else 20.0)
+    scrape_seconds = args.scrape_seconds if args.scrape_seconds is not None else (6.0 if quick else 30.0)
 
     result: dict[str, Any] = {
         "name": name,

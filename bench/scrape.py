@@ -1,6 +1,6 @@
 """Scrape benchmark: latency of /metrics under concurrent scrapers, and render cost per commit.
 
-    python bench/scrape.py                            # 50,000 series, 20 scrapers, 20 s
+    python bench/scrape.py                            # 50,000 series, 20 scrapers, 30 s
     python bench/scrape.py --series 5000 --seconds 5  # smaller
 
 The exporter's HTTP server runs in its own process (`--serve`) with a call-metrics store of
@@ -129,7 +129,7 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run(series: int = 50_000, scrapers: int = 20, seconds: float = 20.0, commit_every: float = 2.0) -> dict[str, Any]:
+def run(series: int = 50_000, scrapers: int = 20, seconds: float = 30.0, commit_every: float = 5.0) -> dict[str, Any]:
     """Start the server process, scrape it, stop it; the figures as a dict."""
     port_file = Path(f"/tmp/bem-bench-scrape-{time.monotonic_ns()}.json")
     command = [sys.executable, str(Path(__file__)), "--serve", "--series", str(series)]
@@ -169,8 +169,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="bem-exporter scrape benchmark (see docs/performance.md)")
     parser.add_argument("--series", type=int, default=50_000, help="exposed samples of the call metrics (50000)")
     parser.add_argument("--scrapers", type=int, default=20, help="concurrent scrapers (20)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="scraping time, split between formats (20)")
-    parser.add_argument("--commit-every", type=float, default=2.0, help="seconds between publishes (2)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="scraping time, split between formats (30)")
+    parser.add_argument(
+        "--commit-every", type=float, default=5.0, help="seconds between publishes (5; the poll interval is 15)"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,10 +1,11 @@
 """The exporter's HTTP server: /metrics, /healthz, /readyz (aiohttp, in the poll loop's event loop).
 
-The call metrics are rendered once per publish (`exporter.metrics.exposition`): a scrape
-that finds them rendered is answered on the event loop from cached bytes plus the small
-self-metrics part, so concurrent scrapes never wait on each other. Only a scrape that finds
-them stale (just published, render still running) waits for the render, in a dedicated
-one-thread executor so as not to stall the poll loop sharing this event loop.
+The call metrics are rendered once per publish, in the background (`exporter.metrics.exposition`):
+a scrape is answered on the event loop from the newest complete render plus the small
+self-metrics part, so concurrent scrapes never wait on each other or on a render. Only a
+variant never rendered before (the first scrape, an unusual Accept header) waits for its
+render, in a dedicated one-thread executor so as not to stall the poll loop sharing this
+event loop.
 
 Connections go through `exporter.http_guard`: a bound on header read time and on open
 connections (aiohttp has neither).

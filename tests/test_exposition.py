@@ -1,6 +1,6 @@
-"""Scrapes served from the cached exposition: what concurrent scrapers get equals a fresh
-render after each publish, in both formats, gzip or not, and the call metrics are rendered
-once per publish, not once per scrape."""
+"""Scrapes served from the cached exposition: once a publish's render is done, what concurrent
+scrapers get equals a fresh render, in both formats, gzip or not; before that, they get the
+previous render whole; the call metrics are rendered once per publish, not once per scrape."""
 
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ def test_concurrent_scrapers_get_a_fresh_render_after_each_publish() -> None:
                 for batch in range(PUBLISHES):
                     metrics.recorder.stage([make_call(f"c{batch}-{i}", workflow=f"wf{i}") for i in range(5)])
                     metrics.recorder.publish()
+                    await asyncio.to_thread(metrics.exposition, OPENMETRICS)  # the publish's render is done
                     renders_before = renders
                     for accept in (None, OPENMETRICS):
                         for gzipped in (False, True):
@@ -82,9 +83,8 @@ def test_concurrent_scrapers_get_a_fresh_render_after_each_publish() -> None:
                             fresh = _fresh_calls_part(metrics, accept)
                             for body in bodies:
                                 _check(body, fresh, accept)
-                    # two formats, each rendered once for the publish (the fresh renders above
-                    # in this test count too: one per format and variant)
-                    assert renders - renders_before <= 2 + 4
+                    # the scrapes rendered nothing: only the fresh renders of this test did
+                    assert renders - renders_before == 4
                     value = f'bem_calls_total{{status="completed",workflow_name="wf0"}} {batch + 1}.0'
                     assert value.encode() in bodies[0]
         finally:
@@ -93,13 +93,21 @@ def test_concurrent_scrapers_get_a_fresh_render_after_each_publish() -> None:
     asyncio.run(main())
 
 
-def test_a_scrape_right_after_publish_never_sees_the_previous_counts() -> None:
+def test_a_scrape_during_a_render_gets_one_whole_version_and_then_the_new_one() -> None:
     metrics = Metrics(MetricsSettings(), "9.9.9")
-    for batch in range(20):
+    metrics.recorder.stage([make_call("c0")])
+    metrics.recorder.publish()
+    for accept in (None, OPENMETRICS):
+        metrics.exposition(accept)  # both variants rendered once
+    for batch in range(1, 20):
+        previous = {accept: _fresh_calls_part(metrics, accept) for accept in (None, OPENMETRICS)}
         metrics.recorder.stage([make_call(f"c{batch}")])
         metrics.recorder.publish()
+        current = {accept: _fresh_calls_part(metrics, accept) for accept in (None, OPENMETRICS)}
         for accept in (None, OPENMETRICS):
-            served = metrics.exposition_if_rendered(accept) or metrics.exposition(accept)
-            body = served[0]
-            assert body.startswith(_fresh_calls_part(metrics, accept))
-            assert f'workflow_name="invoice-intake"}} {batch + 1}.0'.encode() in body
+            served = metrics.exposition_if_rendered(accept)
+            assert served is not None
+            assert served[0].startswith(previous[accept]) or served[0].startswith(current[accept])
+            waited = metrics.exposition(accept)[0]  # guaranteed current
+            assert waited.startswith(current[accept])
+            assert f'workflow_name="invoice-intake"}} {batch + 1}.0'.encode() in waited

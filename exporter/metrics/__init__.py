@@ -66,8 +66,9 @@ class Metrics:
         return self._calls.body(accept, gzipped, render_live(self.live_registry, accept)), content_type
 
     def exposition_if_rendered(self, accept: str | None, gzipped: bool = False) -> tuple[bytes, str] | None:
-        """`exposition()` if the call metrics are rendered for this variant (a few ms at most:
-        fine on the event loop), else None."""
+        """A scrape body without waiting (a few ms: fine on the event loop): the self-metrics
+        now, after the newest complete render of the call metrics, which lags a publish by
+        that render's duration; None if this variant was never rendered."""
         accept = accept or ""
         body = self._calls.rendered(accept, gzipped, render_live(self.live_registry, accept))
         if body is None:

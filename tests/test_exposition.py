@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 
 import httpx
 from prometheus_client import generate_latest
@@ -14,7 +15,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.config import MetricsSettings
-from exporter.metrics import Metrics
+from exporter.metrics import SHARE_SECONDS, Metrics
 from exporter.server import HttpServer
 from tests.test_metrics import OPENMETRICS, make_call
 
@@ -111,3 +112,15 @@ def test_a_scrape_during_a_render_gets_one_whole_version_and_then_the_new_one() 
             waited = metrics.exposition(accept)[0]  # guaranteed current
             assert waited.startswith(current[accept])
             assert f'workflow_name="invoice-intake"}} {batch + 1}.0'.encode() in waited
+
+
+def test_shared_self_metrics_are_never_older_than_the_sharing_window() -> None:
+    metrics = Metrics(MetricsSettings(), "9.9.9")
+    metrics.exposition(OPENMETRICS, gzipped=True)
+    metrics.observer.spans_exported(1, 5)
+    first = metrics.exposition_if_rendered(OPENMETRICS, gzipped=True)
+    assert first is not None and b"bem_exporter_spans_exported_total 5.0" in gzip.decompress(first[0])
+    metrics.observer.spans_exported(1, 2)
+    time.sleep(SHARE_SECONDS * 1.5)
+    later = metrics.exposition_if_rendered(OPENMETRICS, gzipped=True)
+    assert later is not None and b"bem_exporter_spans_exported_total 7.0" in gzip.decompress(later[0])

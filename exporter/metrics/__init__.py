@@ -9,14 +9,21 @@ Modules: `store` (series storage, staging, snapshots), `labels` (cardinality con
 
 from __future__ import annotations
 
+import time
+from typing import Final
+
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from exporter.config import MetricsSettings
-from exporter.metrics.exposition import CachedExposition, render_live
+from exporter.metrics.exposition import MAX_VARIANTS, CachedExposition, render_live
 from exporter.metrics.labels import LabelPolicy
 from exporter.metrics.observer import SelfMetrics
 from exporter.metrics.recorder import DEFAULT_MAX_SERIES_PER_FAMILY, MetricsRecorder
+
+SHARE_SECONDS: Final = 0.1
+"""Scrapes arriving within this long of each other get the same body (self-metrics included):
+a burst of concurrent scrapers then costs one self-metrics render, not one each."""
 
 __all__ = ["DEFAULT_MAX_SERIES_PER_FAMILY", "LabelPolicy", "Metrics", "MetricsRecorder", "SelfMetrics"]
 
@@ -54,6 +61,8 @@ class Metrics:
         self.registry.register(self.live_registry)
         self._calls = CachedExposition(self.calls_registry, lambda: self.recorder.version)
         self.recorder.on_change = self._calls.changed
+        self._shared: dict[tuple[str, bool], tuple[float, int, bytes]] = {}
+        """(Accept, gzipped) -> (monotonic time, render version, body) of the last body served."""
 
     def exposition(self, accept: str | None, gzipped: bool = False) -> tuple[bytes, str]:
         """The body and Content-Type of a scrape: OpenMetrics (with exemplars) when `accept`
@@ -67,11 +76,20 @@ class Metrics:
 
     def exposition_if_rendered(self, accept: str | None, gzipped: bool = False) -> tuple[bytes, str] | None:
         """A scrape body without waiting (a few ms: fine on the event loop): the self-metrics
-        now, after the newest complete render of the call metrics, which lags a publish by
-        that render's duration; None if this variant was never rendered."""
+        (shared with scrapes of the last `SHARE_SECONDS`), after the newest complete render of
+        the call metrics, which lags a publish by that render's duration; None if this
+        variant was never rendered."""
         accept = accept or ""
+        _, content_type = choose_encoder(accept)
+        key = (accept, gzipped)
+        now = time.monotonic()
+        shared = self._shared.get(key)
+        if shared is not None and now - shared[0] < SHARE_SECONDS and shared[1] == self._calls.render_version:
+            return shared[2], content_type
+        version = self._calls.render_version
         body = self._calls.rendered(accept, gzipped, render_live(self.live_registry, accept))
         if body is None:
             return None
-        _, content_type = choose_encoder(accept)
+        if key in self._shared or len(self._shared) < MAX_VARIANTS:
+            self._shared[key] = (now, version, body)
         return body, content_type

@@ -56,6 +56,11 @@ class CachedExposition:
         self._render = _Render(-1)
         self._prerender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-prerender")
 
+    @property
+    def render_version(self) -> int:
+        """The version of the newest complete render."""
+        return self._render.version
+
     def changed(self) -> None:
         """The content changed: render it now, off the caller's thread, so that scrapes
         find it ready."""

@@ -528,3 +528,40 @@ def test_function_call_finishing_in_the_far_future_is_not_observed() -> None:
     assert value(metrics, "bem_function_calls_total", **extract_labels) == 1
     assert value(metrics, "bem_function_call_duration_seconds_count", **extract_labels) is None
     assert _out_of_range_anomalies(metrics) == 1
+
+
+def test_new_self_metrics_start_at_zero_and_follow_their_methods() -> None:
+    metrics = new_metrics()
+    observer = metrics.observer
+    got = samples(metrics)
+    for kind in ("disk_full", "io_error", "corrupt", "fenced", "unavailable", "other"):
+        assert got[("bem_exporter_state_errors_total", frozenset({("kind", kind)}))] == 0
+    for name in ("api_throttled_total", "leader_transitions_total", "fenced_commits_total"):
+        assert got[(f"bem_exporter_{name}", frozenset())] == 0
+    for name in ("api_throttle_seconds", "api_rate_limit", "backfill_remaining_calls"):
+        assert got[(f"bem_exporter_{name}", frozenset())] == 0
+    assert got[("bem_exporter_leader", frozenset())] == 1
+    assert got[("bem_exporter_label_overflow_total", frozenset({("label", "series")}))] == 0
+    observer.expect_endpoints(["/v3/calls"])
+    assert value(metrics, "bem_exporter_responses_too_large_total", endpoint="/v3/calls") == 0
+    observer.api_throttled(30.0)
+    observer.api_rate_limit(12.5)
+    observer.response_too_large("/v3/calls")
+    observer.state_error("disk_full")
+    observer.backfill_remaining(420)
+    observer.leader(False)
+    observer.leader(False)
+    observer.leader(True)
+    observer.fenced_commit()
+    got = samples(metrics)
+    assert got[("bem_exporter_api_throttled_total", frozenset())] == 1
+    assert got[("bem_exporter_api_throttle_seconds", frozenset())] == 30.0
+    assert got[("bem_exporter_api_rate_limit", frozenset())] == 12.5
+    assert got[("bem_exporter_responses_too_large_total", frozenset({("endpoint", "/v3/calls")}))] == 1
+    assert got[("bem_exporter_state_errors_total", frozenset({("kind", "disk_full")}))] == 1
+    assert got[("bem_exporter_backfill_remaining_calls", frozenset())] == 420
+    assert got[("bem_exporter_leader", frozenset())] == 1
+    assert got[("bem_exporter_leader_transitions_total", frozenset())] == 2
+    assert got[("bem_exporter_fenced_commits_total", frozenset())] == 1
+    observer.throttle_cleared()
+    assert value(metrics, "bem_exporter_api_throttle_seconds") == 0

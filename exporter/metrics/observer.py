@@ -83,6 +83,7 @@ class SelfMetrics:
         self._keys_seen: set[tuple[str, str]] = set()
         self._is_leader = True
         self._register_health(version)
+        self._register_state()
         self._register_api()
         self._register_spans()
         self._register_records()
@@ -123,6 +124,10 @@ class SelfMetrics:
             unit="seconds",
             registry=r,
         )
+
+    def _register_state(self) -> None:
+        """The durable state and, with high availability, this replica's role."""
+        r = self.registry
         self._leader = Gauge(
             "bem_exporter_leader",
             "1 when this replica polls bem (always 1 without high availability), else 0.",

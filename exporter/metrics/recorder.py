@@ -263,18 +263,21 @@ class MetricsRecorder:
         finished_ts = 0.0
         if finished_at is not None:
             finished_ts = finished_at.timestamp()
-            out_of_range = not self._call_duration(stage, call, key, finished_ts, now, latest)
+            out_of_range = not self._call_duration(stage, call, finished_at, key, now, latest)
+            if out_of_range:
+                finished_ts = now  # it orders the function calls' exemplars: a year-2200 one would stay forever
 
         names, fc_out_of_range = self._function_calls(stage, workflow, call, trace, finished_ts, latest)
         if trace.events:
             self._events(stage, workflow, trace, names)
         return out_of_range or fc_out_of_range
 
-    def _call_duration(self, stage: Stage, call: Call, key: Key, finished_ts: float, now: float, latest: float) -> bool:
+    def _call_duration(
+        self, stage: Stage, call: Call, finished_at: datetime, key: Key, now: float, latest: float
+    ) -> bool:
         """Observe the call's duration and export lag; False (nothing observed) when finishedAt
         lies beyond `latest` or before createdAt."""
-        finished_at = call.finished_at
-        assert finished_at is not None
+        finished_ts = finished_at.timestamp()
         try:
             duration: float | None = (finished_at - call.created_at).total_seconds()
         except TypeError:  # one of the two without a time zone

@@ -7,7 +7,8 @@ public `AppRunner.server` protocol factory, served with `loop.create_server` as 
 `TCPSite` does). The wrapper passes every byte through unchanged and only watches for the
 blank line ending a request's headers: a header block still incomplete `header_timeout`
 seconds after its first byte (or after the connection opened) gets the connection closed.
-Idle keep-alive connections are aiohttp's to close (its `keepalive_timeout`). Request bodies
+Idle keep-alive connections are aiohttp's to close (its public `keepalive_timeout`, set to
+`DEFAULT_IDLE_TIMEOUT` by the server). Request bodies
 are not expected on these GET-only routes; a body would be timed as if it were headers.
 """
 
@@ -19,6 +20,9 @@ from typing import Final
 
 DEFAULT_HEADER_TIMEOUT: Final = 10.0
 """Seconds a client may take to send a request's headers (Prometheus sends them at once)."""
+DEFAULT_IDLE_TIMEOUT: Final = 75.0
+"""Seconds an idle keep-alive connection stays open (aiohttp's `keepalive_timeout`, whose own
+default, an hour, would let idle connections hold the slots below)."""
 DEFAULT_MAX_CONNECTIONS: Final = 100
 """Open connections at once; more are closed as they arrive (a few scrapers need a few)."""
 _END_OF_HEADERS: Final = b"\r\n\r\n"

@@ -29,7 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from exporter.config import MetricsSettings
-from exporter.http_guard import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ConnectionLimits, guarded
+from exporter.http_guard import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionLimits,
+    guarded,
+)
 from exporter.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,8 +64,10 @@ class HttpServer:
         *,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self._settings = settings
+        self._idle_timeout = idle_timeout
         self._limits = ConnectionLimits(header_timeout, max_connections)
         self._metrics = metrics
         self._ready = ready
@@ -89,7 +97,7 @@ class HttpServer:
         app = web.Application()
         app.add_routes(self.routes())
         # No access log: a scrape every few seconds would drown the exporter's own logs.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=self._idle_timeout)
         await runner.setup()
         host, port = self._settings.listen_host, self._settings.listen_port
         try:

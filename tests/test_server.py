@@ -264,3 +264,16 @@ def test_connections_beyond_the_cap_are_refused_until_slots_free_up() -> None:
             assert (await client.get(f"{url}/healthz")).status_code == 200
 
     _guarded_server(scenario, header_timeout=2.0, max_connections=3)
+
+
+def test_idle_keep_alive_connections_are_closed() -> None:
+    async def scenario(host: str, port: int, url: str) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        await reader.readexactly(len(b"ok\n"))
+        assert await _closed_by_server(reader)  # nothing more was sent: the server hung up
+        writer.close()
+
+    _guarded_server(scenario, idle_timeout=1.0)

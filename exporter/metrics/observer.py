@@ -135,15 +135,15 @@ class SelfMetrics:
         )
         self._leader.set(1)
         self._leader_transitions = Counter(
-            "bem_exporter_leader_transitions", "Times this replica gained or lost the polling role.", registry=r
+            "bem_exporter_leader_transitions_total", "Times this replica gained or lost the polling role.", registry=r
         )
         self._fenced_commits = Counter(
-            "bem_exporter_fenced_commits",
+            "bem_exporter_fenced_commits_total",
             "State commits refused because another replica had taken over (nothing was counted).",
             registry=r,
         )
         self._state_errors = Counter(
-            "bem_exporter_state_errors", "Errors of the durable state, by kind.", ["kind"], registry=r
+            "bem_exporter_state_errors_total", "Errors of the durable state, by kind.", ["kind"], registry=r
         )
         for kind in STATE_ERROR_KINDS:
             self._state_errors.labels(kind)
@@ -159,13 +159,15 @@ class SelfMetrics:
             registry=r,
         )
         self._api_requests = Counter(
-            "bem_exporter_api_requests",
+            "bem_exporter_api_requests_total",
             "HTTP requests to the bem API by endpoint template and status code (error: no response).",
             ["endpoint", "code"],
             registry=r,
         )
         self._throttled = Counter(
-            "bem_exporter_api_throttled", "Responses from bem that asked the exporter to slow down (429).", registry=r
+            "bem_exporter_api_throttled_total",
+            "Responses from bem that asked the exporter to slow down (429).",
+            registry=r,
         )
         self._throttle_seconds = Gauge(
             "bem_exporter_api_throttle_seconds",
@@ -178,7 +180,7 @@ class SelfMetrics:
             registry=r,
         )
         self._too_large = Counter(
-            "bem_exporter_responses_too_large",
+            "bem_exporter_responses_too_large_total",
             "API responses refused because their decoded size exceeded the limit, by endpoint template.",
             ["endpoint"],
             registry=r,
@@ -191,14 +193,16 @@ class SelfMetrics:
 
     def _register_spans(self) -> None:
         r = self.registry
-        self._spans_exported = Counter("bem_exporter_spans_exported", "Spans the trace backend accepted.", registry=r)
+        self._spans_exported = Counter(
+            "bem_exporter_spans_exported_total", "Spans the trace backend accepted.", registry=r
+        )
         self._export_failures = Counter(
-            "bem_exporter_span_export_failures",
+            "bem_exporter_span_export_failures_total",
             "Span export attempts that failed (their calls are retried later).",
             registry=r,
         )
         self._spans_dropped = Counter(
-            "bem_exporter_spans_dropped",
+            "bem_exporter_spans_dropped_total",
             "Finished calls whose spans were given up on (still unexported past the retention window).",
             registry=r,
         )
@@ -206,12 +210,12 @@ class SelfMetrics:
     def _register_records(self) -> None:
         r = self.registry
         self._abandoned = Counter(
-            "bem_exporter_calls_abandoned",
+            "bem_exporter_calls_abandoned_total",
             "Calls no longer tracked because they stayed pending or running past BEM_ABANDON_AFTER.",
             registry=r,
         )
         self._rejected = Counter(
-            "bem_exporter_rejected_records",
+            "bem_exporter_rejected_records_total",
             "API records the exporter could not decode and skipped, by kind of record.",
             ["record"],
             registry=r,
@@ -219,7 +223,7 @@ class SelfMetrics:
         for record in REJECTED_RECORDS:
             self._rejected.labels(record)
         self._anomalies = Counter(
-            "bem_exporter_trace_anomalies",
+            "bem_exporter_trace_anomalies_total",
             "Oddities in bem traces that the span builder worked around, by kind (once per call and kind).",
             ["kind"],
             registry=r,
@@ -227,7 +231,7 @@ class SelfMetrics:
         for kind in ANOMALIES:
             self._anomalies.labels(kind)
         self._overflow = Counter(
-            "bem_exporter_label_overflow",
+            "bem_exporter_label_overflow_total",
             "Label values folded into 'other' because the label reached BEM_METRICS_MAX_LABEL_VALUES "
             '(label="series": series folded because their metric family reached its series cap).',
             ["label"],

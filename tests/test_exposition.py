@@ -111,6 +111,9 @@ def test_a_scrape_during_a_render_gets_one_whole_version_and_then_the_new_one() 
             assert served[0].startswith(previous[accept]) or served[0].startswith(current[accept])
             waited = metrics.exposition(accept)[0]  # guaranteed current
             assert waited.startswith(current[accept])
+            if accept is None:  # the same families as one render of the registry holding both parts
+                whole = {family.name for family in parse_text(generate_latest(metrics.registry).decode())}
+                assert {family.name for family in parse_text(waited.decode())} == whole
             assert f'workflow_name="invoice-intake"}} {batch + 1}.0'.encode() in waited
 
 

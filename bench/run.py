@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import scrape  # bench/scrape.py: this directory is on sys.path when run as a script
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -46,6 +47,10 @@ MAX_RPS = 100_000
 limit for the real API and would cap the backfill at 50 requests/s)."""
 MAX_CONCURRENCY = 16
 """BEM_MAX_CONCURRENCY (the default)."""
+
+SCRAPE_P99_GOAL_MS = 50.0
+"""Reported next to the scrape figures, not a verdict: the load other processes put on a
+shared machine moves it more than the exporter does."""
 
 TARGETS = {
     "cpu_ratio": 1.5,
@@ -341,6 +346,24 @@ def fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def scrape_rows(scraped: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not scraped:
+        return []
+    rows = [
+        (f"scrape latency, {label} ({scraped['series']:,} series, {scraped['scrapers']} scrapers)",
+         f"p50 {fmt(scraped[label]['p50_ms'])} ms, p99 {fmt(scraped[label]['p99_ms'])} ms",
+         f"{scraped[label]['scrapes']:,} scrapes; goal p99 <= {SCRAPE_P99_GOAL_MS:g} ms")
+        for label in ("openmetrics_gzip", "text")
+    ]  # fmt: skip
+    rows.append(
+        ("render per commit (text / OpenMetrics)",
+         f"{fmt(scraped['render_text_ms'])} / {fmt(scraped['render_openmetrics_ms'])} ms",
+         f"{scraped['commits']} commits, one every {scraped['commit_every_s']:g} s; "
+         f"text body {scraped['text_mb']:.1f} MB")
+    )  # fmt: skip
+    return rows
+
+
 def table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str]] = []
     main = result.get("throughput")
@@ -396,6 +419,7 @@ def table(result: dict[str, Any]) -> str:
              f"p50 {fmt(live['span_p50_s'], 2)} s, p99 {fmt(live['span_p99_s'], 2)} s",
              f"{live['exported_calls']} calls"),
         ]  # fmt: skip
+    rows += scrape_rows(result.get("scrape"))
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [f"{'figure':<{width}}  {'value':<{value_width}}  notes", "-" * (width + value_width + 40)]
@@ -417,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", type=float, help="seconds of the live freshness run (60; --quick 20)")
     parser.add_argument("--rate", type=float, default=20.0, help="new calls/s in the live run (20)")
     parser.add_argument("--poll-interval", type=float, default=2.0, help="poll interval of the live run (2 s)")
+    parser.add_argument(
+        "--scrape-series", type=int, help="call-metric samples for the scrape run (50000; --quick 5000; 0 skips)"
+    )
+    parser.add_argument("--scrape-seconds", type=float, help="seconds of scraping (30; --quick 6)")
+    parser.add_argument("--scrapers", type=int, default=20, help="concurrent scrapers (20)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
     parser.add_argument("--name", help="results file name (default: full, quick)")
@@ -433,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     backfill_calls = args.backfill_calls if args.backfill_calls is not None else (600 if quick else 3000)
     live_seconds = args.live if args.live is not None else (20.0 if quick else 60.0)
     name = args.name or ("quick" if quick else "full")
+    scrape_series = args.scrape_series if args.scrape_series is not None else (5000 if quick else 50000)
+    scrape_seconds = args.scrape_seconds if args.scrape_seconds is not None else (6.0 if quick else 30.0)
 
     result: dict[str, Any] = {
         "name": name,
@@ -498,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         if live_seconds:
             print(f"[bench] live run: {live_seconds:g} s at {args.rate:g} calls/s", file=sys.stderr)
             result["freshness"] = live_run(live_seconds, args.rate, args.poll_interval, args.seed + 3, workdir)
+        if scrape_series:
+            print(f"[bench] scrapes: {scrape_series:,} series, {args.scrapers} concurrent scrapers", file=sys.stderr)
+            result["scrape"] = scrape.run(scrape_series, args.scrapers, scrape_seconds)
     result["targets"] = verdicts(result)
     text = table(result)
     result["table"] = text

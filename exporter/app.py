@@ -22,7 +22,8 @@ from exporter.bem.client import MAX_ATTEMPTS, ApiError, BemClient, ClientHooks, 
 from exporter.config import ApiSettings, Secret, Settings
 from exporter.delivery import Delivery, Retention
 from exporter.metrics import Metrics
-from exporter.pipeline import CycleReport, FinishedCall, Observer, SpanExporter
+from exporter.metrics.observer import SelfMetrics
+from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
 from exporter.redact import safe_url
 from exporter.server import HttpServer
@@ -105,7 +106,7 @@ def bem_client(api: ApiSettings, hooks: ClientHooks | None = None, *, max_attemp
     )
 
 
-def client_hooks(observer: Observer) -> ClientHooks:
+def client_hooks(observer: SelfMetrics) -> ClientHooks:
     """What the API client reports, into the self-metrics (the client logs the warnings)."""
 
     def request(endpoint: str, code: str, seconds: float) -> None:
@@ -115,7 +116,9 @@ def client_hooks(observer: Observer) -> ClientHooks:
         for _ in range(count):
             observer.rejected_record(what)
 
-    return ClientHooks(request=request, rejected=rejected)
+    return ClientHooks(
+        request=request, rejected=rejected, too_large=observer.response_too_large, throttled=observer.api_throttled
+    )
 
 
 def log_cycle(report: CycleReport) -> None:

@@ -1,8 +1,14 @@
 """The exporter's HTTP server: /metrics, /healthz, /readyz, /status (aiohttp, in the poll loop's event loop).
 
-Rendering /metrics takes milliseconds for thousands of series, which would stall the poll
-loop sharing this event loop, so it runs in a dedicated one-thread executor (the default
-executor may be busy with span exports, and one thread also serialises concurrent scrapes).
+The call metrics are rendered once per publish, in the background (`exporter.metrics.exposition`):
+a scrape is answered on the event loop from the newest complete render plus the small
+self-metrics part, so concurrent scrapes never wait on each other or on a render. Only a
+variant never rendered before (the first scrape, an unusual Accept header) waits for its
+render, in a dedicated one-thread executor so as not to stall the poll loop sharing this
+event loop.
+
+Connections go through `exporter.http_guard`: a bound on header read time and on open
+connections (aiohttp has neither).
 
 Basic auth, when configured, guards /metrics and /status: /healthz and /readyz stay open so that
 orchestrator probes (Kubernetes, Docker) work without credentials; they reveal nothing but
@@ -14,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import gzip
 import hmac
 import logging
 import ssl
@@ -24,14 +29,19 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from exporter.config import MetricsSettings
+from exporter.http_guard import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionLimits,
+    guarded,
+)
 from exporter.metrics import Metrics
 from exporter.status import CONTENT_SECURITY_POLICY, StatusBoard, render_html, render_json
 
 log = logging.getLogger(__name__)
 
 _REALM = 'Basic realm="bem-exporter", charset="UTF-8"'
-_GZIP_LEVEL = 1
-"""Scrape bodies compress about tenfold at level 1; higher levels cost CPU for little more."""
 _INDEX = (
     "bem-exporter\n\n"
     "/metrics  Prometheus metrics (OpenMetrics with exemplars when asked for)\n"
@@ -54,8 +64,14 @@ class HttpServer:
         metrics: Metrics,
         ready: Callable[[], bool],
         status: StatusBoard | None = None,
+        *,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self._settings = settings
+        self._idle_timeout = idle_timeout
+        self._limits = ConnectionLimits(header_timeout, max_connections)
         self._status = status
         self._metrics = metrics
         self._ready = ready
@@ -66,41 +82,68 @@ class HttpServer:
                 settings.basic_auth.password.get().encode(),
             )
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
+
+    def routes(self) -> list[web.RouteDef]:
+        """Every route the server answers; add new pages here."""
+        return [
+            web.get("/", self._index),
+            web.get("/metrics", self._metrics_handler),
+            web.get("/healthz", self._healthz),
+            web.get("/readyz", self._readyz),
+            *(
+                [web.get("/status", self._status_page), web.get("/status.json", self._status_json)]
+                if self._status is not None
+                else []
+            ),
+        ]
 
     async def start(self) -> str:
         """Listen; return the base URL (`http(s)://host:port`, the actual port if 0 was asked,
         and loopback when listening on every interface)."""
         ssl_context = self._ssl_context()
         app = web.Application()
-        app.router.add_get("/", self._index)
-        app.router.add_get("/metrics", self._metrics_handler)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        if self._status is not None:
-            app.router.add_get("/status", self._status_page)
-            app.router.add_get("/status.json", self._status_json)
+        app.add_routes(self.routes())
         # No access log: a scrape every few seconds would drown the exporter's own logs.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=self._idle_timeout)
         await runner.setup()
         host, port = self._settings.listen_host, self._settings.listen_port
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
         try:
-            await site.start()
+            self._listener = await self._listen(runner, ssl_context)
         except OSError as error:
             await runner.cleanup()
             reason = error.strerror or str(error)
             raise ServerError(error.errno or 0, f"BEM_LISTEN: cannot listen on {host}:{port}: {reason}") from None
         self._runner = runner
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-render")
-        bound_port = _bound_port(runner, port)
+        bound_port = _bound_port(self._listener, port)
         scheme = "https" if ssl_context is not None else "http"
         return f"{scheme}://{_shown_host(host)}:{bound_port}"
 
+    async def _listen(self, runner: web.AppRunner, ssl_context: ssl.SSLContext | None) -> asyncio.Server:
+        """What `web.TCPSite` does, with each connection's protocol wrapped in the guard."""
+        handler_factory = runner.server
+        assert handler_factory is not None  # set by setup()
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            guarded(handler_factory, self._limits),
+            self._settings.listen_host or None,
+            self._settings.listen_port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self._limits.header_timeout if ssl_context is not None else None,
+            reuse_address=True,
+        )
+
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # closes the open connections too
             self._runner = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -128,8 +171,11 @@ class HttpServer:
             return web.Response(status=401, text="authentication required\n", headers={"WWW-Authenticate": _REALM})
         accept = request.headers.get("Accept")
         gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
-        loop = asyncio.get_running_loop()
-        body, content_type = await loop.run_in_executor(self._executor, self._render, accept, gzipped)
+        served = self._metrics.exposition_if_rendered(accept, gzipped)
+        if served is None:
+            loop = asyncio.get_running_loop()
+            served = await loop.run_in_executor(self._executor, self._metrics.exposition, accept, gzipped)
+        body, content_type = served
         headers = {"Content-Type": content_type, "Cache-Control": "no-store", "Vary": "Accept, Accept-Encoding"}
         if gzipped:
             headers["Content-Encoding"] = "gzip"
@@ -148,12 +194,6 @@ class HttpServer:
         assert self._status is not None
         body = render_json(self._status.snapshot())
         return web.Response(body=body, content_type="application/json", headers=_STATUS_HEADERS)
-
-    def _render(self, accept: str | None, gzipped: bool) -> tuple[bytes, str]:
-        body, content_type = self._metrics.exposition(accept)
-        if gzipped:
-            body = gzip.compress(body, compresslevel=_GZIP_LEVEL)
-        return body, content_type
 
     def _authorised(self, header: str | None) -> bool:
         assert self._credentials is not None
@@ -194,8 +234,9 @@ def _challenge() -> web.Response:
     return web.Response(status=401, text="authentication required\n", headers={"WWW-Authenticate": _REALM})
 
 
-def _bound_port(runner: web.AppRunner, asked: int) -> int:
-    for address in runner.addresses:
+def _bound_port(listener: asyncio.Server, asked: int) -> int:
+    for sock in listener.sockets:
+        address = sock.getsockname()
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return asked

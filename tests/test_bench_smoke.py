@@ -19,7 +19,7 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     out = ROOT / "bench" / "results" / f"{name}.json"
     command = [sys.executable, str(ROOT / "bench" / "run.py"), "--name", name]
     command += ["--calls", "200", "--large", "400", "--backfill-calls", "150", "--latency", "0.02", "--live", "8"]
-    command += ["--rate", "10", "--poll-interval", "1"]
+    command += ["--rate", "10", "--poll-interval", "1", "--scrape-series", "2000", "--scrape-seconds", "2"]
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -43,6 +43,10 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     freshness = result["freshness"]
     for key in ("counter_p50_s", "counter_p99_s", "span_p50_s", "span_p99_s"):
         assert freshness[key] is not None, key
+    scraped = result["scrape"]
+    assert scraped["series"] > 1000 and scraped["commits"] >= 1
+    for label in ("openmetrics_gzip", "text"):
+        assert scraped[label]["scrapes"] > 0 and scraped[label]["p99_ms"] > 0
     assert set(result["targets"]) == {
         "cpu_within_1_5x_floor",
         "requests_per_call_le_1_05",

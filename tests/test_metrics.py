@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -459,3 +460,108 @@ def test_expected_api_endpoints_start_at_zero() -> None:
     text = metrics.exposition(None)[0].decode()
     assert 'bem_exporter_api_requests_total{code="429",endpoint="/v3/calls/{callID}/trace"} 0.0' in text
     assert 'bem_exporter_api_requests_total{code="200",endpoint="/v3/calls"} 1.0' in text
+
+
+# --- series per family, out-of-range timestamps --------------------------------------------------
+
+
+def test_series_per_family_are_capped_and_the_overflow_counted() -> None:
+    """200 workflows x 100 functions: without the cap, 40,000 function series (x buckets)."""
+    cap = 10_000
+    metrics = Metrics(MetricsSettings(max_label_values=1000), "1.2.3", max_series_per_family=cap)
+    steps = tuple((f"fn{f}", "extract", "completed") for f in range(100))
+    metrics.recorder.stage([make_call(f"c{w}", workflow=f"wf{w}", steps=steps) for w in range(200)])
+    metrics.recorder.publish()
+    got = samples(metrics)
+    families: dict[str, set[frozenset[tuple[str, str]]]] = {}
+    totals: dict[str, float] = {}
+    for (name, labels), sample in got.items():
+        if not name.startswith("bem_") or "exporter" in name:
+            continue
+        series = frozenset((k, v) for k, v in labels if k != "le")
+        families.setdefault(name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum"), set()).add(series)
+        totals[name] = totals.get(name, 0) + sample
+    for name, series in families.items():
+        assert len(series) <= cap + 2, name  # the cap, plus one `other` series per status
+    # nothing is lost: every function call is counted, in its own series or in `other`
+    assert totals["bem_function_calls_total"] == 200 * 100
+    assert totals["bem_function_call_duration_seconds_count"] == 200 * 100
+    other = {"workflow_name": "other", "function_name": "other", "function_type": "other", "status": "completed"}
+    assert got[("bem_function_calls_total", frozenset(other.items()))] > 0
+    assert got[("bem_exporter_label_overflow_total", frozenset({("label", "series")}))] > 0
+    assert len(metrics.exposition(OPENMETRICS)[0]) < 20_000_000
+
+
+def _out_of_range_anomalies(metrics: Metrics) -> float | None:
+    return value(metrics, "bem_exporter_trace_anomalies_total", kind="timestamp_out_of_range")
+
+
+@pytest.mark.parametrize("duration", [5.46e9, -30.0], ids=["year-2200", "before-createdAt"])
+def test_out_of_range_finished_at_is_counted_but_never_observed(duration: float) -> None:
+    metrics = new_metrics()
+    assert _out_of_range_anomalies(metrics) == 0
+    metrics.recorder.stage([make_call("bad", duration=duration), make_call("good", duration=30.0)])
+    assert _out_of_range_anomalies(metrics) == 0  # not before the batch is published
+    metrics.recorder.publish()
+    assert value(metrics, "bem_calls_total", **CALLS) == 2  # the call itself is counted
+    assert value(metrics, "bem_call_duration_seconds_count", **CALLS) == 1
+    assert value(metrics, "bem_call_duration_seconds_sum", **CALLS) == 30.0
+    assert value(metrics, "bem_exporter_export_lag_seconds_count") == 1
+    assert _out_of_range_anomalies(metrics) == 1
+    assert b"5460000000" not in metrics.recorder.snapshot()  # never persisted into the sums
+
+
+def test_function_call_finishing_in_the_far_future_is_not_observed() -> None:
+    metrics = new_metrics()
+    call = make_call("c1")
+    classify, extract = call.trace.function_calls
+    late = msgspec.structs.replace(extract, finished_at=datetime(2200, 1, 1, tzinfo=UTC))
+    trace = msgspec.structs.replace(call.trace, function_calls=(classify, late))
+    metrics.recorder.stage([FinishedCall(call.call, trace)])
+    metrics.recorder.publish()
+    extract_labels = {
+        "workflow_name": "invoice-intake",
+        "function_name": "extract",
+        "function_type": "extract",
+        "status": "completed",
+    }
+    assert value(metrics, "bem_function_calls_total", **extract_labels) == 1
+    assert value(metrics, "bem_function_call_duration_seconds_count", **extract_labels) is None
+    assert _out_of_range_anomalies(metrics) == 1
+
+
+def test_new_self_metrics_start_at_zero_and_follow_their_methods() -> None:
+    metrics = new_metrics()
+    observer = metrics.observer
+    got = samples(metrics)
+    for kind in ("disk_full", "io_error", "corrupt", "fenced", "unavailable", "other"):
+        assert got[("bem_exporter_state_errors_total", frozenset({("kind", kind)}))] == 0
+    for name in ("api_throttled_total", "leader_transitions_total", "fenced_commits_total"):
+        assert got[(f"bem_exporter_{name}", frozenset())] == 0
+    for name in ("api_throttle_seconds", "api_rate_limit", "backfill_remaining_calls"):
+        assert got[(f"bem_exporter_{name}", frozenset())] == 0
+    assert got[("bem_exporter_leader", frozenset())] == 1
+    assert got[("bem_exporter_label_overflow_total", frozenset({("label", "series")}))] == 0
+    observer.expect_endpoints(["/v3/calls"])
+    assert value(metrics, "bem_exporter_responses_too_large_total", endpoint="/v3/calls") == 0
+    observer.api_throttled(30.0)
+    observer.api_rate_limit(12.5)
+    observer.response_too_large("/v3/calls")
+    observer.state_error("disk_full")
+    observer.backfill_remaining(420)
+    observer.leader(False)
+    observer.leader(False)
+    observer.leader(True)
+    observer.fenced_commit()
+    got = samples(metrics)
+    assert got[("bem_exporter_api_throttled_total", frozenset())] == 1
+    assert got[("bem_exporter_api_throttle_seconds", frozenset())] == 30.0
+    assert got[("bem_exporter_api_rate_limit", frozenset())] == 12.5
+    assert got[("bem_exporter_responses_too_large_total", frozenset({("endpoint", "/v3/calls")}))] == 1
+    assert got[("bem_exporter_state_errors_total", frozenset({("kind", "disk_full")}))] == 1
+    assert got[("bem_exporter_backfill_remaining_calls", frozenset())] == 420
+    assert got[("bem_exporter_leader", frozenset())] == 1
+    assert got[("bem_exporter_leader_transitions_total", frozenset())] == 2
+    assert got[("bem_exporter_fenced_commits_total", frozenset())] == 1
+    observer.throttle_cleared()
+    assert value(metrics, "bem_exporter_api_throttle_seconds") == 0

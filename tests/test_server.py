@@ -187,3 +187,93 @@ def test_unusable_listen_address_is_one_clear_error(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         taken.close()
+
+
+# --- connection limits ---------------------------------------------------------------------------
+
+
+async def _slow_headers(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.Task[int]]:
+    """A client that starts a request and then sends one header byte every 0.1 s, forever;
+    the task returns how many bytes it sent once the server stops taking them."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+
+    async def trickle() -> int:
+        sent = 0
+        try:
+            while True:
+                await asyncio.sleep(0.1)
+                writer.write(b"a")
+                await writer.drain()
+                sent += 1
+        except (ConnectionError, OSError):
+            return sent
+        finally:
+            writer.close()
+
+    return reader, asyncio.create_task(trickle())
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        data = await asyncio.wait_for(reader.read(), timeout=60)
+    except ConnectionResetError:
+        return True
+    return data == b""  # no response, just the end of the stream
+
+
+def _guarded_server(scenario: Callable[[str, int, str], Awaitable[None]], **limits: Any) -> None:
+    async def main() -> None:
+        config = MetricsSettings(listen_host="127.0.0.1", listen_port=0)
+        server = HttpServer(config, Metrics(config, "9.9.9"), lambda: True, **limits)
+        url = await server.start()
+        try:
+            await scenario("127.0.0.1", int(url.rsplit(":", 1)[1]), url)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_slow_header_connections_are_closed_and_do_not_block_scrapes() -> None:
+    async def scenario(host: str, port: int, url: str) -> None:
+        slow = [await _slow_headers(host, port) for _ in range(50)]
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.get(f"{url}/metrics")
+        assert response.status_code == 200 and "bem_exporter_up" in response.text
+        closed = await asyncio.gather(*(_closed_by_server(reader) for reader, _ in slow))
+        assert all(closed)
+        sent = await asyncio.gather(*(task for _, task in slow))
+        # the server hung up while the clients were still sending (not after they gave up)
+        assert all(count >= 1 for count in sent)
+
+    _guarded_server(scenario, header_timeout=1.0)
+
+
+def test_connections_beyond_the_cap_are_refused_until_slots_free_up() -> None:
+    async def scenario(host: str, port: int, url: str) -> None:
+        slow = [await _slow_headers(host, port) for _ in range(3)]
+        await asyncio.sleep(0.2)  # let the server accept all three
+        extra_reader, extra_writer = await asyncio.open_connection(host, port)
+        extra_writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await _closed_by_server(extra_reader)
+        extra_writer.close()
+        assert all(await asyncio.gather(*(_closed_by_server(reader) for reader, _ in slow)))
+        await asyncio.gather(*(task for _, task in slow))
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.get(f"{url}/healthz")).status_code == 200
+
+    _guarded_server(scenario, header_timeout=2.0, max_connections=3)
+
+
+def test_idle_keep_alive_connections_are_closed() -> None:
+    async def scenario(host: str, port: int, url: str) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        await reader.readexactly(len(b"ok\n"))
+        assert await _closed_by_server(reader)  # nothing more was sent: the server hung up
+        writer.close()
+
+    _guarded_server(scenario, idle_timeout=1.0)

@@ -15,7 +15,7 @@ dict whose `get` the recorder calls directly; only misses reach `fold`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
 from exporter.bem.models import NO_WORKFLOW
@@ -40,7 +40,7 @@ LABEL_NAMES: Final = (
 class LabelFolder:
     """Maps the raw values of one label to exposed values."""
 
-    __slots__ = ("_cache_limit", "admitted", "allowed", "cache", "cap", "name", "overflows")
+    __slots__ = ("_cache_limit", "admitted", "allowed", "cache", "cap", "name", "on_overflow")
 
     def __init__(
         self,
@@ -56,7 +56,8 @@ class LabelFolder:
         self.admitted: set[str] = set()
         self.cache: dict[str | None, str] = {}
         """raw value -> exposed value, for values admitted or folded by the allow-list."""
-        self.overflows = 0
+        self.on_overflow: Callable[[str, int], None] = _ignore
+        """Told of each value folded by the cap (the label-overflow self-metric)."""
         self._cache_limit = cap * _CACHE_LIMIT_FACTOR + 1024
 
     def __call__(self, raw: str | None) -> str:
@@ -74,7 +75,7 @@ class LabelFolder:
             return value
         if len(self.admitted) >= self.cap:
             # Not cached: each fold is counted, and the cap holds however many values arrive.
-            self.overflows += 1
+            self.on_overflow(self.name, 1)
             return OTHER
         self.admitted.add(value)
         self._remember(raw, value)
@@ -94,6 +95,10 @@ class LabelFolder:
         for value in values:
             if value != OTHER:
                 self.admitted.add(value)
+
+
+def _ignore(label: str, count: int) -> None:
+    pass
 
 
 def _normalise(raw: str | None) -> str:
@@ -148,5 +153,6 @@ class LabelPolicy:
             if folder is not None:
                 folder.seed((value,))
 
-    def overflows(self) -> dict[str, int]:
-        return {name: folder.overflows for name, folder in self.folders.items()}
+    def report_overflows_to(self, callback: Callable[[str, int], None]) -> None:
+        for folder in self.folders.values():
+            folder.on_overflow = callback

@@ -1,19 +1,20 @@
 """Self-metrics: what the poll loop, the API client and the span exporter report (`Observer`).
 
-These are not staged or persisted: they describe this process, start empty on every start
-(counters at zero, gauges unset until the first poll) and change as things happen. The
-observer is called from the event loop and from the span exporter's worker thread, and read
-by scrapes in another thread, hence one lock; every method holds it for a few dict updates.
+These are stock prometheus_client Counters, Gauges and Histograms (thread-safe on their own:
+the observer is called from the event loop and from the span exporter's worker thread, and
+read by scrapes). They are not staged or persisted: they describe this process and start at
+zero on every start. Series that alerts and panels watch are created at zero up front, so
+`rate()` sees the first increment; the three "as of the last poll" gauges stay absent until
+the first poll reports them (they are registered then).
 """
 
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, Literal
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from exporter.bem.models import Call
 from exporter.ids import (
@@ -23,18 +24,24 @@ from exporter.ids import (
     MISSING_FINISHED_AT,
     MISSING_STARTED_AT,
     MULTIPLE_ROOTS,
+    NUMBER_OUT_OF_RANGE,
     UNBUILDABLE,
     UNKNOWN_EVENT_OWNER,
     UNKNOWN_PARENT,
     UNKNOWN_SOURCE_EVENT,
 )
 from exporter.metrics.labels import LabelPolicy
-from exporter.metrics.store import HistogramSpec, Key, Row, histogram_family, le_labels
 from exporter.pipeline import CycleReport
+
+# `_created` series would double the counters' samples for nothing a dashboard reads.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 POLL_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 API_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 IN_PROGRESS: Final = ("pending", "running")
+
+TIMESTAMP_OUT_OF_RANGE: Final = "timestamp_out_of_range"
+"""A finishedAt far in the future or before createdAt: counted, never fed to a histogram."""
 
 REJECTED_RECORDS: Final = ("call", "trace_record", "response")
 """The record kinds the API client reports; their series start at zero."""
@@ -49,292 +56,313 @@ ANOMALIES: Final = (
     END_BEFORE_START,
     UNKNOWN_EVENT_OWNER,
     UNBUILDABLE,
+    NUMBER_OUT_OF_RANGE,
+    TIMESTAMP_OUT_OF_RANGE,
 )
-
-_POLL = HistogramSpec(
-    "bem_exporter_poll_duration_seconds",
-    "Duration of the exporter's poll cycles (listing, refresh, trace fetches, commit).",
-    (),
-    POLL_BUCKETS,
-    unit="seconds",
+StateErrorKind = Literal["disk_full", "io_error", "corrupt", "fenced", "unavailable", "other"]
+STATE_ERROR_KINDS: Final[tuple[StateErrorKind, ...]] = (
+    "disk_full",
+    "io_error",
+    "corrupt",
+    "fenced",
+    "unavailable",
+    "other",
 )
-_API = HistogramSpec(
-    "bem_exporter_api_request_duration_seconds",
-    "Latency of the exporter's HTTP requests to the bem API, by endpoint template.",
-    ("endpoint",),
-    API_BUCKETS,
-    unit="seconds",
-)
-
-
-class _Histogram:
-    """A histogram without staging (a self-metric); the caller holds the lock."""
-
-    __slots__ = ("les", "rows", "spec")
-
-    def __init__(self, spec: HistogramSpec) -> None:
-        self.spec = spec
-        self.les = le_labels(spec.bounds)
-        self.rows: dict[Key, Row] = {}
-
-    def observe(self, key: Key, value: float) -> None:
-        row = self.rows.get(key)
-        if row is None:
-            row = self.rows[key] = [0] * (len(self.spec.bounds) + 1) + [0.0]
-        row[bisect_left(self.spec.bounds, value)] += 1
-        row[-1] += value
-
-    def family(self) -> Metric:
-        return histogram_family(self.spec, self.les, {key: list(row) for key, row in self.rows.items()})
-
-
-EXPECTED_CODES = ("200", "401", "429", "500", "502", "503", "504", "error")
+SERIES_OVERFLOW: Final = "series"
+"""The `label` value of `bem_exporter_label_overflow_total` for series folded into `other`
+because their family reached its series cap (not a label name: it counts whole series)."""
+EXPECTED_CODES: Final = ("200", "401", "429", "500", "502", "503", "504", "error")
 
 
 class SelfMetrics:
-    """The exporter's `Observer`, and the Collector of its self-metrics."""
+    """The exporter's `Observer`; its metrics live on the registry it is given."""
 
-    def __init__(self, labels: LabelPolicy, version: str) -> None:
+    def __init__(self, labels: LabelPolicy, version: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._labels = labels
-        self._version = version
-        self._lock = threading.Lock()
-        self._up = 0
-        self._last_success: float | None = None
-        self._tracked: int | None = None
-        self._backlog: int | None = None
-        self._spans_exported = 0
-        self._export_failures = 0
-        self._spans_dropped = 0
-        self._abandoned = 0
-        self._api_requests: dict[tuple[str, str], int] = {}
-        self._rejected: dict[str, int] = dict.fromkeys(REJECTED_RECORDS, 0)
-        self._anomalies: dict[str, int] = dict.fromkeys(ANOMALIES, 0)
-        self._poll = _Histogram(_POLL)
-        self._poll.rows[()] = [0] * (len(POLL_BUCKETS) + 1) + [0.0]  # zero before the first poll
-        self._api = _Histogram(_API)
-        self._in_progress: dict[tuple[str, str], int] = {}
-        self._oldest: dict[str, float] = {}
+        self._in_progress_lock = threading.Lock()
+        self._workflows_seen: set[str] = set()
+        self._keys_seen: set[tuple[str, str]] = set()
+        self._is_leader = True
+        self._register_health(version)
+        self._register_state()
+        self._register_api()
+        self._register_spans()
+        self._register_records()
+        self._register_operations()
+        labels.report_overflows_to(self.label_overflow)
+
+    # --- registration ------------------------------------------------------------------------------
+
+    def _register_health(self, version: str) -> None:
+        r = self.registry
+        self._up = Gauge(
+            "bem_exporter_up", "1 if the exporter's last poll listed bem's calls successfully, else 0.", registry=r
+        )
+        info = Gauge(
+            "bem_exporter_build_info", "The exporter's version; the value is always 1.", ["version"], registry=r
+        )
+        info.labels(version).set(1)
+        self._last_success = Gauge(
+            "bem_exporter_last_successful_poll_timestamp_seconds",
+            "Unix time of the last poll whose listing succeeded (absent until the first one).",
+            registry=None,
+        )
+        self._tracked = Gauge(
+            "bem_exporter_tracked_calls",
+            "Pending or running calls the exporter follows, as of the last poll.",
+            registry=None,
+        )
+        self._backlog = Gauge(
+            "bem_exporter_export_backlog_calls",
+            "Finished calls whose spans wait to be exported, as of the last poll.",
+            registry=None,
+        )
+        self._shown: set[Gauge] = set()
+        self._poll = Histogram(
+            "bem_exporter_poll_duration_seconds",
+            "Duration of the exporter's poll cycles (listing, refresh, trace fetches, commit).",
+            buckets=POLL_BUCKETS,
+            unit="seconds",
+            registry=r,
+        )
+
+    def _register_state(self) -> None:
+        """The durable state and, with high availability, this replica's role."""
+        r = self.registry
+        self._leader = Gauge(
+            "bem_exporter_leader",
+            "1 when this replica polls bem (always 1 without high availability), else 0.",
+            registry=r,
+        )
+        self._leader.set(1)
+        self._leader_transitions = Counter(
+            "bem_exporter_leader_transitions_total", "Times this replica gained or lost the polling role.", registry=r
+        )
+        self._fenced_commits = Counter(
+            "bem_exporter_fenced_commits_total",
+            "State commits refused because another replica had taken over (nothing was counted).",
+            registry=r,
+        )
+        self._state_errors = Counter(
+            "bem_exporter_state_errors_total", "Errors of the durable state, by kind.", ["kind"], registry=r
+        )
+        for kind in STATE_ERROR_KINDS:
+            self._state_errors.labels(kind)
+
+    def _register_api(self) -> None:
+        r = self.registry
+        self._api_latency = Histogram(
+            "bem_exporter_api_request_duration_seconds",
+            "Latency of the exporter's HTTP requests to the bem API, by endpoint template.",
+            ["endpoint"],
+            buckets=API_BUCKETS,
+            unit="seconds",
+            registry=r,
+        )
+        self._api_requests = Counter(
+            "bem_exporter_api_requests_total",
+            "HTTP requests to the bem API by endpoint template and status code (error: no response).",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self._throttled = Counter(
+            "bem_exporter_api_throttled_total",
+            "Responses from bem that asked the exporter to slow down (429).",
+            registry=r,
+        )
+        self._throttle_seconds = Gauge(
+            "bem_exporter_api_throttle_seconds",
+            "The wait bem's current Retry-After imposes, in seconds; 0 when not throttled.",
+            registry=r,
+        )
+        self._rate_limit = Gauge(
+            "bem_exporter_api_rate_limit",
+            "The request rate the exporter currently allows itself, per second.",
+            registry=r,
+        )
+        self._too_large = Counter(
+            "bem_exporter_responses_too_large_total",
+            "API responses refused because their decoded size exceeded the limit, by endpoint template.",
+            ["endpoint"],
+            registry=r,
+        )
+        self._backfill_remaining = Gauge(
+            "bem_exporter_backfill_remaining_calls",
+            "Calls the running backfill still expects to read (estimate); 0 when no backfill runs.",
+            registry=r,
+        )
+
+    def _register_spans(self) -> None:
+        r = self.registry
+        self._spans_exported = Counter(
+            "bem_exporter_spans_exported_total", "Spans the trace backend accepted.", registry=r
+        )
+        self._export_failures = Counter(
+            "bem_exporter_span_export_failures_total",
+            "Span export attempts that failed (their calls are retried later).",
+            registry=r,
+        )
+        self._spans_dropped = Counter(
+            "bem_exporter_spans_dropped_total",
+            "Finished calls whose spans were given up on (still unexported past the retention window).",
+            registry=r,
+        )
+
+    def _register_records(self) -> None:
+        r = self.registry
+        self._abandoned = Counter(
+            "bem_exporter_calls_abandoned_total",
+            "Calls no longer tracked because they stayed pending or running past BEM_ABANDON_AFTER.",
+            registry=r,
+        )
+        self._rejected = Counter(
+            "bem_exporter_rejected_records_total",
+            "API records the exporter could not decode and skipped, by kind of record.",
+            ["record"],
+            registry=r,
+        )
+        for record in REJECTED_RECORDS:
+            self._rejected.labels(record)
+        self._anomalies = Counter(
+            "bem_exporter_trace_anomalies_total",
+            "Oddities in bem traces that the span builder worked around, by kind (once per call and kind).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ANOMALIES:
+            self._anomalies.labels(kind)
+        self._overflow = Counter(
+            "bem_exporter_label_overflow_total",
+            "Label values folded into 'other' because the label reached BEM_METRICS_MAX_LABEL_VALUES "
+            '(label="series": series folded because their metric family reached its series cap).',
+            ["label"],
+            registry=r,
+        )
+        for name in (*self._labels.folders, SERIES_OVERFLOW):
+            self._overflow.labels(name)
+
+    def _register_operations(self) -> None:
+        r = self.registry
+        self._in_progress = Gauge(
+            "bem_calls_in_progress",
+            "bem calls seen pending or running, as of the last poll.",
+            ["workflow_name", "status"],
+            registry=r,
+        )
+        self._oldest = Gauge(
+            "bem_calls_oldest_in_progress_age_seconds",
+            "Age (now - createdAt) of the oldest pending or running bem call, as of the last poll; 0 when none.",
+            ["workflow_name"],
+            registry=r,
+        )
 
     def expect_endpoints(self, endpoints: Sequence[str]) -> None:
         """Start the request counters of these endpoints at 0 for the codes alerts and panels
         watch, so `rate()` sees the very first 429 or 5xx rather than a series born at 1."""
-        with self._lock:
-            for endpoint in endpoints:
-                for code in EXPECTED_CODES:
-                    self._api_requests.setdefault((endpoint, code), 0)
+        for endpoint in endpoints:
+            self._too_large.labels(endpoint)
+            for code in EXPECTED_CODES:
+                self._api_requests.labels(endpoint, code)
 
     # --- Observer --------------------------------------------------------------------------------
 
     def api_request(self, endpoint: str, code: str, seconds: float) -> None:
-        key = (endpoint, code)
-        with self._lock:
-            self._api_requests[key] = self._api_requests.get(key, 0) + 1
-            self._api.observe((endpoint,), seconds)
+        self._api_requests.labels(endpoint, code).inc()
+        self._api_latency.labels(endpoint).observe(seconds)
 
     def rejected_record(self, what: str) -> None:
-        with self._lock:
-            self._rejected[what] = self._rejected.get(what, 0) + 1
+        self._rejected.labels(what).inc()
 
     def in_progress(self, calls: Sequence[Call], now: float) -> None:
         """Replace the in-progress gauges. Workflows seen before and idle now stay at zero
         rather than vanish, so graphs and alerts read 0, not "no data"."""
         fold_workflow = self._labels.workflow
         fold_status = self._labels.status
-        with self._lock:
-            counts = dict.fromkeys(self._in_progress, 0)
-            oldest = dict.fromkeys(self._oldest, 0.0)
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {}
         for call in calls:
             workflow = fold_workflow(call.workflow_label)
-            if workflow not in oldest:
-                oldest[workflow] = 0.0
-                for status in IN_PROGRESS:
-                    counts.setdefault((workflow, fold_status(status)), 0)
             key = (workflow, fold_status(call.status))
             counts[key] = counts.get(key, 0) + 1
-            age = now - call.created_at.timestamp()
-            if age > oldest[workflow]:
-                oldest[workflow] = age
-        with self._lock:
-            self._in_progress = counts
-            self._oldest = oldest
+            oldest[workflow] = max(oldest.get(workflow, 0.0), now - call.created_at.timestamp())
+        # One writer at a time: two overlapping replacements would leave a mix of both.
+        with self._in_progress_lock:
+            self._workflows_seen.update(oldest)
+            self._keys_seen.update(counts)
+            for workflow in oldest:
+                self._keys_seen.update((workflow, fold_status(status)) for status in IN_PROGRESS)
+            for workflow in self._workflows_seen:
+                self._oldest.labels(workflow).set(oldest.get(workflow, 0.0))
+            for key in self._keys_seen:
+                self._in_progress.labels(*key).set(counts.get(key, 0))
 
     def cycle_done(self, report: CycleReport, now: float) -> None:
-        with self._lock:
-            self._up = 1 if report.ok else 0
-            if report.ok:
-                self._last_success = now
-            self._poll.observe((), report.duration_seconds)
-            self._tracked = report.tracked
-            self._backlog = report.export_backlog
+        self._up.set(1 if report.ok else 0)
+        if report.ok:
+            self._last_success.set(now)
+        self._tracked.set(report.tracked)
+        self._backlog.set(report.export_backlog)
+        self._poll.observe(report.duration_seconds)
+        self._show_once(self._tracked, self._backlog)
+        if report.ok:
+            self._show_once(self._last_success)
+
+    def _show_once(self, *gauges: Gauge) -> None:
+        """Register gauges that stay absent until they hold a value (the first poll)."""
+        with self._in_progress_lock:
+            for gauge in gauges:
+                if gauge not in self._shown:
+                    self._shown.add(gauge)
+                    self.registry.register(gauge)
 
     def spans_exported(self, calls: int, spans: int) -> None:
-        with self._lock:
-            self._spans_exported += spans
+        self._spans_exported.inc(spans)
 
     def span_export_failed(self, calls: int) -> None:
-        with self._lock:
-            self._export_failures += 1
+        self._export_failures.inc()
 
     def spans_dropped(self, calls: int) -> None:
-        with self._lock:
-            self._spans_dropped += calls
+        self._spans_dropped.inc(calls)
 
     def trace_anomaly(self, kind: str) -> None:
-        with self._lock:
-            self._anomalies[kind] = self._anomalies.get(kind, 0) + 1
+        self._anomalies.labels(kind).inc()
 
     def calls_abandoned(self, count: int) -> None:
-        with self._lock:
-            self._abandoned += count
+        self._abandoned.inc(count)
 
-    # --- Collector -------------------------------------------------------------------------------
+    # --- beyond the Observer protocol (fed by the parts that know these facts) --------------------
 
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            families = self._families()
-        return iter(families)
+    def label_overflow(self, label: str, count: int = 1) -> None:
+        """`count` values of `label` (or, for `series`, whole series) folded into `other`."""
+        self._overflow.labels(label).inc(count)
 
-    def _families(self) -> list[Metric]:
-        out: list[Metric] = [
-            _gauge(
-                "bem_exporter_up", "1 if the exporter's last poll listed bem's calls successfully, else 0.", self._up
-            ),
-            _gauge(
-                "bem_exporter_build_info",
-                "The exporter's version; the value is always 1.",
-                1,
-                ("version",),
-                (self._version,),
-            ),
-        ]
-        if self._last_success is not None:
-            out.append(
-                _gauge(
-                    "bem_exporter_last_successful_poll_timestamp_seconds",
-                    "Unix time of the last poll whose listing succeeded (absent until the first one).",
-                    self._last_success,
-                )
-            )
-        if self._tracked is not None:
-            out.append(
-                _gauge(
-                    "bem_exporter_tracked_calls",
-                    "Pending or running calls the exporter follows, as of the last poll.",
-                    self._tracked,
-                )
-            )
-        if self._backlog is not None:
-            out.append(
-                _gauge(
-                    "bem_exporter_export_backlog_calls",
-                    "Finished calls whose spans wait to be exported, as of the last poll.",
-                    self._backlog,
-                )
-            )
-        out.append(self._poll.family())
-        out.append(self._api.family())
-        out.append(
-            _counter_family(
-                "bem_exporter_api_requests_total",
-                "HTTP requests to the bem API by endpoint template and status code (error: no response).",
-                ("endpoint", "code"),
-                self._api_requests,
-            )
-        )
-        out.append(
-            _counter("bem_exporter_spans_exported_total", "Spans the trace backend accepted.", self._spans_exported)
-        )
-        out.append(
-            _counter(
-                "bem_exporter_span_export_failures_total",
-                "Span export attempts that failed (their calls are retried later).",
-                self._export_failures,
-            )
-        )
-        out.append(
-            _counter(
-                "bem_exporter_spans_dropped_total",
-                "Finished calls whose spans were given up on (still unexported past the retention window).",
-                self._spans_dropped,
-            )
-        )
-        out.append(
-            _counter(
-                "bem_exporter_calls_abandoned_total",
-                "Calls no longer tracked because they stayed pending or running past BEM_ABANDON_AFTER.",
-                self._abandoned,
-            )
-        )
-        out.append(
-            _counter_family(
-                "bem_exporter_rejected_records_total",
-                "API records the exporter could not decode and skipped, by kind of record.",
-                ("record",),
-                {(k,): v for k, v in self._rejected.items()},
-            )
-        )
-        out.append(
-            _counter_family(
-                "bem_exporter_trace_anomalies_total",
-                "Oddities in bem traces that the span builder worked around, by kind (once per call and kind).",
-                ("kind",),
-                {(k,): v for k, v in self._anomalies.items()},
-            )
-        )
-        out.append(
-            _counter_family(
-                "bem_exporter_label_overflow_total",
-                "Label values folded into 'other' because the label reached BEM_METRICS_MAX_LABEL_VALUES.",
-                ("label",),
-                {(k,): v for k, v in self._labels.overflows().items()},
-            )
-        )
-        out.append(
-            _gauge_family(
-                "bem_calls_in_progress",
-                "bem calls seen pending or running, as of the last poll.",
-                ("workflow_name", "status"),
-                self._in_progress,
-            )
-        )
-        out.append(
-            _gauge_family(
-                "bem_calls_oldest_in_progress_age_seconds",
-                "Age (now - createdAt) of the oldest pending or running bem call, as of the last poll; 0 when none.",
-                ("workflow_name",),
-                {(k,): v for k, v in self._oldest.items()},
-            )
-        )
-        return out
+    def api_throttled(self, retry_after_seconds: float) -> None:
+        """bem answered 429; the exporter now waits `retry_after_seconds` (0 when none given)."""
+        self._throttled.inc()
+        self._throttle_seconds.set(retry_after_seconds)
 
+    def throttle_cleared(self) -> None:
+        self._throttle_seconds.set(0)
 
-def _gauge(
-    name: str, help_text: str, value: float, labels: tuple[str, ...] = (), values: tuple[str, ...] = ()
-) -> Metric:
-    family = GaugeMetricFamily(name, help_text, labels=labels)
-    family.add_metric(values, value)
-    return family
+    def api_rate_limit(self, requests_per_second: float) -> None:
+        self._rate_limit.set(requests_per_second)
 
+    def response_too_large(self, endpoint: str) -> None:
+        self._too_large.labels(endpoint).inc()
 
-def _gauge_family(
-    name: str, help_text: str, labels: tuple[str, ...], series: dict[tuple[str, str], int] | dict[tuple[str], float]
-) -> Metric:
-    family = GaugeMetricFamily(name, help_text, labels=labels)
-    for key, value in series.items():
-        family.add_metric(key, value)
-    return family
+    def state_error(self, kind: StateErrorKind) -> None:
+        self._state_errors.labels(kind).inc()
 
+    def backfill_remaining(self, calls: int) -> None:
+        self._backfill_remaining.set(calls)
 
-def _counter(name: str, help_text: str, value: float) -> Metric:
-    family = CounterMetricFamily(name, help_text)
-    family.add_metric((), value)
-    return family
+    def leader(self, is_leader: bool) -> None:
+        """This replica's role now; a change of role counts one transition."""
+        if is_leader != self._is_leader:
+            self._leader_transitions.inc()
+        self._is_leader = is_leader
+        self._leader.set(1 if is_leader else 0)
 
-
-def _counter_family(
-    name: str, help_text: str, labels: tuple[str, ...], series: dict[tuple[str, str], int] | dict[tuple[str], int]
-) -> Metric:
-    family = CounterMetricFamily(name, help_text, labels=labels)
-    for key, value in series.items():
-        family.add_metric(key, value)
-    return family
+    def fenced_commit(self) -> None:
+        self._fenced_commits.inc()

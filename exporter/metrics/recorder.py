@@ -15,14 +15,15 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client.metrics_core import Metric
 
 from exporter.bem.models import Call, Trace
 from exporter.metrics.exemplars import exemplar_labels
 from exporter.metrics.labels import LabelPolicy
-from exporter.metrics.store import CounterSpec, HistogramSpec, SeriesStore, SnapshotError, Stage
+from exporter.metrics.observer import SERIES_OVERFLOW, TIMESTAMP_OUT_OF_RANGE
+from exporter.metrics.store import CounterSpec, HistogramSpec, Key, SeriesStore, SnapshotError, Stage
 from exporter.pipeline import FinishedCall
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ EXPORT_LAG_BUCKETS: Final = (1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 
 FINISHED: Final = ("completed", "failed")
 """Statuses whose series are created at zero on a workflow's (or function's) first sight, so
 that rate() and increase() see the first failure as an increase from 0."""
+
+DEFAULT_MAX_SERIES_PER_FAMILY: Final = 10_000
+"""Series per metric family before new ones fold into `other` (BEM_MAX_SERIES_PER_METRIC):
+200 workflows x 100 functions would otherwise make a scrape of 350,000 samples."""
+FUTURE_TOLERANCE_SECONDS: Final = 86_400.0
+"""A finishedAt (or startedAt) more than this after the poll's clock is out of range: a day
+absorbs any clock skew, and a later time can only be a bad record."""
 
 _WF: Final = ("workflow_name",)
 _WF_STATUS: Final = ("workflow_name", "status")
@@ -115,6 +123,22 @@ def specs(
     return counters, histograms
 
 
+class RecorderReports(Protocol):
+    """Where the recorder reports what it counted but did not record (the self-metrics)."""
+
+    def label_overflow(self, label: str, count: int = 1) -> None: ...
+
+    def trace_anomaly(self, kind: str) -> None: ...
+
+
+class _Unreported:
+    def label_overflow(self, label: str, count: int = 1) -> None:
+        pass
+
+    def trace_anomaly(self, kind: str) -> None:
+        pass
+
+
 def _seconds(start: datetime, end: datetime) -> float | None:
     """`end - start` in seconds, clamped at 0 (clock skew between bem's services); None if
     the two cannot be compared (one without a time zone)."""
@@ -123,6 +147,10 @@ def _seconds(start: datetime, end: datetime) -> float | None:
     except TypeError:
         return None
     return seconds if seconds > 0.0 else 0.0
+
+
+def _nothing() -> None:
+    pass
 
 
 class MetricsRecorder:
@@ -136,12 +164,20 @@ class MetricsRecorder:
         function_buckets: tuple[float, ...],
         *,
         clock: Callable[[], float] = time.time,
+        max_series_per_family: int = DEFAULT_MAX_SERIES_PER_FAMILY,
+        observer: RecorderReports | None = None,
     ) -> None:
         self._labels = labels
         self._clock = clock
+        self._reports: RecorderReports = observer if observer is not None else _Unreported()
         counters, histograms = specs(call_buckets, function_buckets)
-        self.store = SeriesStore(counters, histograms, exemplar_labels)
+        self.store = SeriesStore(counters, histograms, exemplar_labels, max_series_per_family)
         self._pending: Stage | None = None
+        self._pending_out_of_range = 0
+        self.version = 0
+        """Incremented each time the visible counts change (publish, restore)."""
+        self.on_change: Callable[[], None] = _nothing
+        """Called after each change of the visible counts (the exposition re-renders)."""
 
     # --- CallRecorder ----------------------------------------------------------------------------
 
@@ -150,19 +186,29 @@ class MetricsRecorder:
             log.debug("metrics: an unpublished stage was replaced (neither published nor discarded)")
         stage = self.store.begin()
         now = self._clock()
-        for finished in batch:
-            self._record(stage, finished.call, finished.trace, now)
+        # Counted on publish, like the counts: a discarded and retried batch reports once.
+        self._pending_out_of_range = sum(self._record(stage, f.call, f.trace, now) for f in batch)
         self._pending = stage
         return self.store.snapshot(stage.tables)
 
     def publish(self) -> None:
-        if self._pending is None:
+        stage = self._pending
+        if stage is None:
             return
-        self.store.publish(self._pending)
+        self.store.publish(stage)
         self._pending = None
+        if stage.folded:
+            self._reports.label_overflow(SERIES_OVERFLOW, stage.folded)
+        for _ in range(self._pending_out_of_range):
+            self._reports.trace_anomaly(TIMESTAMP_OUT_OF_RANGE)
+        self._changed()
 
     def discard(self) -> None:
         self._pending = None
+
+    def _changed(self) -> None:
+        self.version += 1
+        self.on_change()
 
     def restore(self, snapshot: bytes) -> None:
         """Start from a persisted snapshot. An unreadable one is logged and ignored: the
@@ -185,6 +231,7 @@ class MetricsRecorder:
             for key in rows:
                 policy.seed(label_names, key)
         self.store.published = tables
+        self._changed()
 
     def snapshot(self) -> bytes:
         """The published counts (what a restart would restore)."""
@@ -197,49 +244,73 @@ class MetricsRecorder:
 
     # --- one finished call -----------------------------------------------------------------------
 
-    def _record(self, stage: Stage, call: Call, trace: Trace, now: float) -> None:
+    def _record(self, stage: Stage, call: Call, trace: Trace, now: float) -> bool:
+        """Count one call; return whether it had a timestamp out of range (not observed)."""
         labels = self._labels
         workflow = labels.workflow(call.workflow_label)
-        key = (workflow, labels.status(call.status))
         calls_total = stage.counter(CALLS_TOTAL)
+        key: Key = (workflow, labels.status(call.status))
         if key not in calls_total:
-            self._first_sight(stage, workflow)
+            key = stage.fit(CALLS_TOTAL, key)
+            if key not in calls_total:
+                self._first_sight(stage, key)
         calls_total[key] = calls_total.get(key, 0) + 1
+        workflow = key[0]
 
+        latest = now + FUTURE_TOLERANCE_SECONDS
+        out_of_range = False
         finished_at = call.finished_at
-        created_at = call.created_at
         finished_ts = 0.0
         if finished_at is not None:
             finished_ts = finished_at.timestamp()
-            lag = now - finished_ts
-            stage.histogram(EXPORT_LAG).observe((), lag if lag > 0.0 else 0.0)
-            duration = _seconds(created_at, finished_at)
-            if duration is not None:
-                durations = stage.histogram(CALL_DURATION)
-                bucket = durations.observe(key, duration)
-                durations.exemplar(key, bucket, (call.call_id, None, duration, finished_ts))
+            out_of_range = not self._call_duration(stage, call, finished_at, key, now, latest)
+            if out_of_range:
+                finished_ts = now  # it orders the function calls' exemplars: a year-2200 one would stay forever
 
-        names = self._function_calls(stage, workflow, call, trace, finished_ts)
+        names, fc_out_of_range = self._function_calls(stage, workflow, call, trace, finished_ts, latest)
         if trace.events:
             self._events(stage, workflow, trace, names)
+        return out_of_range or fc_out_of_range
 
-    def _first_sight(self, stage: Stage, workflow: str) -> None:
+    def _call_duration(
+        self, stage: Stage, call: Call, finished_at: datetime, key: Key, now: float, latest: float
+    ) -> bool:
+        """Observe the call's duration and export lag; False (nothing observed) when finishedAt
+        lies beyond `latest` or before createdAt."""
+        finished_ts = finished_at.timestamp()
+        try:
+            duration: float | None = (finished_at - call.created_at).total_seconds()
+        except TypeError:  # one of the two without a time zone
+            duration = None
+        if finished_ts > latest or (duration is not None and duration < 0.0):
+            return False
+        lag = now - finished_ts
+        stage.histogram(EXPORT_LAG).observe((), lag if lag > 0.0 else 0.0)
+        if duration is not None:
+            durations = stage.histogram(CALL_DURATION)
+            bucket = durations.observe(key, duration)
+            durations.exemplar(key, bucket, (call.call_id, None, duration, finished_ts))
+        return True
+
+    def _first_sight(self, stage: Stage, key: Key) -> None:
         calls_total = stage.counter(CALLS_TOTAL)
         durations = stage.histogram(CALL_DURATION)
+        workflow = key[0]
         for status in FINISHED:
-            key = (workflow, self._labels.status(status))
-            calls_total.setdefault(key, 0)
-            durations.ensure(key)
-        stage.histogram(CALL_QUEUE).ensure((workflow,))
+            calls_total.setdefault((workflow, self._labels.status(status)), 0)
+            durations.ensure((workflow, self._labels.status(status)))
+        stage.histogram(CALL_QUEUE).ensure(stage.fit(CALL_QUEUE, (workflow,)))
 
     def _function_calls(
-        self, stage: Stage, workflow: str, call: Call, trace: Trace, finished_ts: float
-    ) -> dict[str | None, str]:
+        self, stage: Stage, workflow: str, call: Call, trace: Trace, finished_ts: float, latest: float
+    ) -> tuple[dict[str | None, str], bool]:
         """Count the function calls; return function call id -> function_name label, for the
-        events (which may omit their function's name)."""
+        events (which may omit their function's name), and whether a timestamp was beyond
+        `latest` (that function call's times are then not observed)."""
         names: dict[str | None, str] = {}
+        out_of_range = False
         if not trace.function_calls:
-            return names
+            return names, out_of_range
         # Folder caches bound up front: a hit costs one dict lookup, a miss falls back to the folder.
         fold_function, fold_type, fold_status = self._labels.function, self._labels.function_type, self._labels.status
         function_get, type_get, status_get = fold_function.cache.get, fold_type.cache.get, fold_status.cache.get
@@ -257,9 +328,10 @@ class MetricsRecorder:
             raw = fc.function_type
             function_type = type_get(raw) or fold_type(raw)
             raw = fc.status
-            key = (workflow, function, function_type, status_get(raw) or fold_status(raw))
+            key: Key = (workflow, function, function_type, status_get(raw) or fold_status(raw))
             count = totals.get(key)
             if count is None:
+                key = stage.fit(FUNCTION_CALLS_TOTAL, key)
                 self._first_sight_function(totals, key)
                 count = totals[key]
             totals[key] = count + 1
@@ -267,6 +339,9 @@ class MetricsRecorder:
             if started_at is None:
                 continue
             finished_at = fc.finished_at
+            if started_at.timestamp() > latest or (finished_at is not None and finished_at.timestamp() > latest):
+                out_of_range = True
+                continue
             try:  # inline rather than _seconds(): this loop is the hottest code of the sink
                 if first_start is None or started_at < first_start:
                     first_start = started_at
@@ -277,6 +352,8 @@ class MetricsRecorder:
                 continue
             if duration < 0.0:
                 duration = 0.0
+            if key not in durations.rows:
+                key = stage.fit(FUNCTION_DURATION, key)
             bucket = durations.observe(key, duration)
             # The call's finish time orders the exemplars (the newest stays): one timestamp
             # conversion per call instead of one per function call.
@@ -284,8 +361,8 @@ class MetricsRecorder:
         if first_start is not None:
             queue = _seconds(call.created_at, first_start)
             if queue is not None:
-                stage.histogram(CALL_QUEUE).observe((workflow,), queue)
-        return names
+                stage.histogram(CALL_QUEUE).observe(stage.fit(CALL_QUEUE, (workflow,)), queue)
+        return names, out_of_range
 
     def _first_sight_function(self, totals: dict[tuple[str, ...], int], key: tuple[str, ...]) -> None:
         prefix = key[:3]
@@ -307,11 +384,15 @@ class MetricsRecorder:
             seen.add(event_id)
             function = names.get(event.function_call_id) or fold_function(event.function_name)
             event_type = event.event_type
-            key = (workflow, function, event_get(event_type) or fold_event(event_type))
-            events[key] = events.get(key, 0) + 1
+            key: Key = (workflow, function, event_get(event_type) or fold_event(event_type))
+            count = events.get(key)
+            if count is None:
+                key = stage.fit(EVENTS_TOTAL, key)
+                count = events.get(key, 0)
+            events[key] = count + 1
             if event_type == "error":
-                key = (workflow, function, fold_kind(event.kind))
+                key = stage.fit(CALL_ERRORS_TOTAL, (workflow, function, fold_kind(event.kind)))
                 errors[key] = errors.get(key, 0) + 1
             score = event.avg_confidence
             if score is not None and math.isfinite(score):
-                confidence.observe((workflow, function), score)
+                confidence.observe(stage.fit(CONFIDENCE, (workflow, function)), score)

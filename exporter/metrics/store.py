@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,6 +28,8 @@ import msgspec
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
+
+from exporter.metrics.labels import OTHER
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +144,19 @@ class HistogramWriter:
 class Stage:
     """A writable copy of the published tables; invisible until `SeriesStore.publish`."""
 
-    __slots__ = ("_writers", "tables")
+    __slots__ = ("_label_names", "_limit", "_writers", "folded", "tables")
 
-    def __init__(self, tables: Tables, specs: dict[str, HistogramSpec]) -> None:
+    def __init__(
+        self,
+        tables: Tables,
+        specs: dict[str, HistogramSpec],
+        label_names: dict[str, tuple[str, ...]],
+        max_series_per_family: int,
+    ) -> None:
+        self._label_names = label_names
+        self._limit = max_series_per_family
+        self.folded = 0
+        """Series folded into `other` in this stage because their family was full."""
         self.tables = Tables(
             {name: dict(series) for name, series in tables.counters.items()},
             {name: dict(rows) for name, rows in tables.histograms.items()},
@@ -161,6 +173,19 @@ class Stage:
 
     def histogram(self, name: str) -> HistogramWriter:
         return self._writers[name]
+
+    def fit(self, name: str, key: Key) -> Key:
+        """`key`, or its `other` series when `key` is new and family `name` is full. Every
+        label but `status` (a handful of values) folds, so the family holds at most the cap
+        plus one `other` series per status, whatever the API sends."""
+        counters = self.tables.counters
+        series: Collection[Key] = counters[name] if name in counters else self.tables.histograms[name]
+        if key in series or len(series) < self._limit:
+            return key
+        self.folded += 1
+        return tuple(
+            value if label == "status" else OTHER for label, value in zip(self._label_names[name], key, strict=True)
+        )
 
 
 # --- snapshot format ---------------------------------------------------------------------------
@@ -202,12 +227,17 @@ class SeriesStore:
         counters: Sequence[CounterSpec],
         histograms: Sequence[HistogramSpec],
         exemplar_labels: ExemplarLabels,
+        max_series_per_family: int,
     ) -> None:
+        self.max_series_per_family = max_series_per_family
         self.counter_specs = {spec.name: spec for spec in counters}
         self.histogram_specs = {spec.name: spec for spec in histograms}
         self._exemplar_labels = exemplar_labels
         # `le` label values, rendered once: prometheus_client's formatting is not free.
         self._les = {spec.name: le_labels(spec.bounds) for spec in histograms}
+        self._label_names = {spec.name: spec.labels for spec in counters} | {
+            spec.name: spec.labels for spec in histograms
+        }
         self.published = self.empty()
 
     def empty(self) -> Tables:
@@ -220,7 +250,7 @@ class SeriesStore:
     def begin(self) -> Stage:
         """A stage on top of the published tables (not on top of an earlier, unpublished stage:
         counts staged but never published must not leak into a later snapshot)."""
-        return Stage(self.published, self.histogram_specs)
+        return Stage(self.published, self.histogram_specs, self._label_names, self.max_series_per_family)
 
     def publish(self, stage: Stage) -> None:
         self.published = stage.tables  # one reference swap: atomic for a concurrent scrape

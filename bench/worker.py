@@ -34,6 +34,7 @@ from exporter import app  # noqa: E402
 from exporter.config import Settings, load_settings  # noqa: E402
 from exporter.metrics.recorder import MetricsRecorder  # noqa: E402
 from exporter.pipeline import FinishedCall  # noqa: E402
+from exporter.runner import run  # noqa: E402
 
 PAGE = 4096
 
@@ -198,7 +199,7 @@ def live(config: dict[str, Any]) -> dict[str, Any]:
     async def main() -> int:
         loop = asyncio.get_running_loop()
         loop.call_later(config["duration"], os.kill, os.getpid(), signal.SIGTERM)
-        return await app.run(settings)
+        return await run(settings)
 
     code = asyncio.run(main())
     return {"ok": code == 0, "started": started, "counter_lags": lags, "peak_rss_bytes": peak_rss_bytes()}

@@ -151,23 +151,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bem-exporter: error: {error}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, "text" if args.command == "demo" else settings.log_format, list(settings.secrets()))
-    from exporter import app  # imported late: `--help` and settings errors stay fast
-
     try:
-        if args.command == "run":
-            return asyncio.run(app.run(settings))
-        if args.command == "once":
-            return asyncio.run(app.once(settings))
-        if args.command == "check":
-            return asyncio.run(app.check(settings))
-        return asyncio.run(app.demo(settings, args.rate, args.prefill))
+        return asyncio.run(_command(args, settings))
     except StateError as error:
-        return app.fail(str(error))
+        return _fail(str(error))
     except KeyboardInterrupt:
         return 130
     except OSError as error:
         # e.g. the listen port is taken
-        return app.fail(f"{error.strerror or error}")
+        return _fail(f"{error.strerror or error}")
+
+
+async def _command(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported late: `--help` and settings errors stay fast.
+    if args.command == "run":
+        from exporter.runner import run
+
+        return await run(settings)
+    if args.command == "once":
+        from exporter.once import once
+
+        return await once(settings)
+    if args.command == "check":
+        from exporter.preflight import check
+
+        return await check(settings)
+    from exporter.demo import demo
+
+    return await demo(settings, args.rate, args.prefill)
+
+
+def _fail(message: str) -> int:
+    print(f"bem-exporter: error: {message}", file=sys.stderr)
+    return 1
 
 
 def _settings(args: argparse.Namespace) -> Settings:

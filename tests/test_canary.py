@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.bem.create import CreateError
-from exporter.bem.models import EMPTY_TRACE, Call
+from exporter.bem.models import Call, Trace
 from exporter.canary import REFERENCE_PREFIX, RESULTS, Canary, is_canary_reference, new_reference
 from exporter.pipeline import FinishedCall
 
@@ -30,7 +30,7 @@ def finished(call_id: str, status: str, finished_at: float, reference: str | Non
         workflow_name=WORKFLOW,
         call_type="workflow",
     )
-    return FinishedCall(call, EMPTY_TRACE)
+    return FinishedCall(call, Trace())
 
 
 def samples(canary: Canary) -> dict[str, float]:

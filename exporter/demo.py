@@ -1,0 +1,61 @@
+"""`bem-exporter demo`: the simulator on loopback and the exporter against it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from exporter.config import Secret, Settings
+from exporter.pipeline import FinishedCall, SpanExporter
+from exporter.runner import run
+from exporter.tracetree import render_tree
+
+
+class TreePrinter:
+    """The demo's span exporter when no OTLP endpoint is set: a few calls as trees on stdout."""
+
+    def __init__(self, per_batch: int = 2) -> None:
+        self._per_batch = per_batch
+
+    def export(self, batch: Sequence[FinishedCall]) -> int | None:
+        for item in batch[: self._per_batch]:
+            print(render_tree(item), flush=True)
+        return sum(len(item.trace.function_calls) + 1 for item in batch)
+
+    def shutdown(self) -> None:
+        pass
+
+
+async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
+    from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+
+    simulator = Simulator(SimulatorConfig(seed=7, arrival_rate=simulator_rate, prefill=prefill, history=1800.0))
+    with SimulatorServer(simulator) as sim_url:
+        settings = replace(settings, api=replace(settings.api, url=sim_url, key=_sim_key()))
+        spans: SpanExporter | None = None
+        if settings.traces.exporter == "otlp" and not settings.traces.endpoint_configured:
+            spans = TreePrinter()
+        host = settings.metrics.listen_host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(
+            f"bem-exporter demo: simulated bem API at {sim_url}\n"
+            f"  metrics:   http://{shown}:{settings.metrics.listen_port}/metrics\n"
+            f"  readiness: http://{shown}:{settings.metrics.listen_port}/readyz\n"
+            f"  status:    http://{shown}:{settings.metrics.listen_port}/status\n"
+            + (
+                "  traces:    printed below as trees; set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 "
+                "to send them to Tempo, Jaeger or a Collector\n"
+                if spans is not None
+                else f"  traces:    {settings.traces.protocol} {settings.traces.endpoint}\n"
+            )
+            + "  stop with Ctrl-C",
+            flush=True,
+        )
+        return await run(settings, spans)
+
+
+def _sim_key() -> Secret | None:
+    from exporter.bem.simulator import SimulatorConfig
+
+    key = SimulatorConfig().api_key
+    return Secret(key) if key else None

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from exporter import __version__
+from exporter.api_errors import api_host
 from exporter.bem.client import MAX_ATTEMPTS, BemClient, ClientHooks
 from exporter.config import ApiSettings, Settings
 from exporter.delivery import Delivery, Retention
@@ -74,7 +75,14 @@ async def open_exporter(
             )
             recorders = {"metrics": metrics.recorder}
             poller = PollLoop(
-                client, state, recorders, delivery, metrics.observer, settings.poll, settings.api.workflows
+                client,
+                state,
+                recorders,
+                delivery,
+                metrics.observer,
+                settings.poll,
+                settings.api.workflows,
+                api_host=api_host(settings.api.url),
             )
             await poller.reload()
             await delivery.reload()

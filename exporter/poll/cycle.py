@@ -39,12 +39,13 @@ class PollLoop:
         workflows: Sequence[str] = (),
         *,
         clock: Callable[[], float] = time.time,
+        api_host: str | None = None,
     ) -> None:
         self._store = store
         self._recorders = recorders
         self._observer = observer
         self._clock = clock
-        self._listing = Listing(client, clock)
+        self._listing = Listing(client, clock, api_host)
         self._batch = Batch(store, recorders, ApiTraces(client), handoff, Position())
         self._discovery = Discovery(self._listing, self._batch, store, settings, workflows, clock)
         self._refresh = Refresh(client, self._batch, observer, settings, clock)

@@ -1,22 +1,57 @@
-"""`bem-exporter once`: one full cycle, delivery included, and a one-line summary."""
+"""`bem-exporter once`: one full cycle, delivery included, and a one-line summary.
+
+The summary says what happened in an SRE's words: calls discovered, finished and counted, the
+calls still tracked, and the spans: delivered (how many calls' traces, including any an earlier
+run had left), none to deliver, or left waiting for the next run. Its time is the whole run,
+the wait on the trace backend included.
+"""
 
 from __future__ import annotations
 
-from exporter.app import log_cycle, open_exporter
+import time
+
+from exporter.app import Exporter, log_cycle, open_exporter
 from exporter.config import Settings
+from exporter.pipeline import CycleReport
 
 
 async def once(settings: Settings) -> int:
     """One full cycle, delivery included; a one-line summary on stdout."""
+    started = time.monotonic()
     async with open_exporter(settings) as exporter:
+        left_before = await exporter.state.count_unexported()
         await exporter.delivery.deliver()
+        earlier = left_before - await exporter.state.count_unexported()
         report = await exporter.cycle()
         log_cycle(report)
-        delivered = await exporter.delivery.deliver()
-    print(
-        f"{'ok' if report.ok and delivered else 'failed'}: discovered {report.discovered}, "
-        f"finished {report.finished}, handed on {report.handed_on}, tracked {report.tracked}, "
-        f"spans {'delivered' if delivered else 'NOT delivered (retried next run)'}, "
-        f"{report.duration_seconds:.2f}s" + (f"; {report.error}" if report.error else "")
+        await exporter.delivery.deliver()
+        waiting = await exporter.state.count_unexported()
+        spans = _spans(exporter, left_before + report.handed_on - waiting, earlier, waiting)
+    ok = report.ok and waiting == 0
+    print(_summary(ok, report, spans, time.monotonic() - started))
+    return 0 if ok else 1
+
+
+def _summary(ok: bool, report: CycleReport, spans: str, seconds: float) -> str:
+    return (
+        f"{'ok' if ok else 'failed'}: discovered {report.discovered}, finished {report.finished}, "
+        f"counted {report.handed_on}, tracked {report.tracked}, {spans}, {seconds:.2f}s"
+        + (f"; {report.error}" if report.error else "")
     )
-    return 0 if report.ok and delivered else 1
+
+
+def _spans(exporter: Exporter, delivered: int, earlier: int, waiting: int) -> str:
+    """The spans' part of the summary, counted in calls (one trace each)."""
+    if exporter.settings.traces.exporter == "none":
+        return "spans not sent (OTEL_TRACES_EXPORTER=none)"
+    parts = []
+    if delivered > 0:
+        left = f", {earlier} left by an earlier run" if earlier > 0 else ""
+        parts.append(f"spans delivered ({_calls(delivered)}{left})")
+    if waiting > 0:
+        parts.append(f"spans left waiting ({_calls(waiting)}; the next run sends them)")
+    return ", ".join(parts) or "no spans to deliver"
+
+
+def _calls(count: int) -> str:
+    return f"{count} call{'' if count == 1 else 's'}"

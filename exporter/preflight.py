@@ -67,7 +67,7 @@ async def listen_finding(metrics: MetricsSettings) -> Finding:
         # What `run` does (asyncio sets SO_REUSEADDR the same way), released at once.
         server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
     except OSError as error:
-        reason = error.strerror or str(error)
+        reason = os.strerror(error.errno) if error.errno else str(error)
         return _say(Finding(False, f"listen: FAILED: BEM_LISTEN: cannot listen on {host}:{port}: {reason}"))
     server.close()
     await server.wait_closed()

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import httpx
 from conftest import SIM_KEY
-from processes import ROOT, ExporterProcess, run_command, wait_until
+from fault_helpers import log_records
+from otlp_receiver import HttpReceiver
+from processes import ROOT, ExporterProcess, free_port, run_command, wait_until
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.config.table import ROWS
@@ -28,8 +30,49 @@ def test_once_prints_a_summary_and_hands_everything_on(tmp_path: Path) -> None:
     summary = result.stdout.strip().splitlines()[-1]
     finished = sum(simulator.finished_counts().values())
     assert summary.startswith("ok:")
-    assert f"handed on {finished}," in summary
+    assert f"counted {finished}," in summary
     assert SIM_KEY not in result.stdout + result.stderr
+
+
+def _summary(result: subprocess.CompletedProcess[str]) -> str:
+    """`once`'s last line with its time (which varies) as `Ns`."""
+    return re.sub(r", \d+\.\d\ds", ", Ns", result.stdout.strip().splitlines()[-1])
+
+
+def test_once_says_what_became_of_the_spans(tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(prefill=30, history=1200.0, arrival_rate=0.0, speed=20.0))
+    wait_until(lambda: _all_finished(simulator), 60, what="every simulated call finished")
+    done = sum(simulator.finished_counts().values())
+    state = tmp_path / "state.sqlite"
+    with SimulatorServer(simulator) as url, HttpReceiver() as backend:
+        otlp = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": backend.endpoint}
+        backend.set_down(True)
+        waiting = run_command("once", url, state, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="2000", **otlp)
+        backend.set_down(False)
+        later = run_command("once", url, state, **otlp)
+        nothing = run_command("once", url, state, **otlp)
+        rejected = run_command("once", url, state, BEM_API_KEY="wrong-key-123", **otlp)
+        metrics_only = run_command("once", url, tmp_path / "other.sqlite", OTEL_TRACES_EXPORTER="none")
+    assert (waiting.returncode, later.returncode, nothing.returncode) == (1, 0, 0)
+    assert _summary(waiting) == (
+        f"failed: discovered {done}, finished {done}, counted {done}, tracked 0, "
+        f"spans left waiting ({done} calls; the next run sends them), Ns"
+    )
+    assert _summary(later) == (
+        f"ok: discovered 0, finished 0, counted 0, tracked 0, spans delivered ({done} calls, {done} left by an "
+        "earlier run), Ns"
+    )
+    assert _summary(nothing) == "ok: discovered 0, finished 0, counted 0, tracked 0, no spans to deliver, Ns"
+    assert rejected.returncode == 1
+    assert _summary(rejected) == (
+        "failed: discovered 0, finished 0, counted 0, tracked 0, no spans to deliver, Ns; "
+        "the API key was rejected (HTTP 401); check BEM_API_KEY or BEM_API_KEY_FILE"
+    )
+    assert metrics_only.returncode == 0
+    assert _summary(metrics_only) == (
+        f"ok: discovered {done}, finished {done}, counted {done}, tracked 0, "
+        "spans not sent (OTEL_TRACES_EXPORTER=none), Ns"
+    )
 
 
 def test_once_fails_when_the_api_is_unreachable(tmp_path: Path) -> None:
@@ -46,6 +89,63 @@ def test_once_says_the_key_is_wrong(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "401" in result.stdout and "API key was rejected" in result.stdout
     assert "wrong-key-123" not in result.stdout + result.stderr
+
+
+# --- run's health lines name the cause, once per change ---------------------------------------
+
+
+def _run_for_cycles(api_url: str, state: Path, cycles: int, **env: str) -> list[dict[str, object]]:
+    """`bem-exporter run` until it logged `cycles` poll cycles; its JSON log records."""
+    exporter = ExporterProcess(api_url, state, env=env).start(ready=False)
+    try:
+        wait_until(lambda: _cycles(exporter) >= cycles, 60, what=f"{cycles} poll cycles")
+    finally:
+        exporter.stop()
+    return log_records(exporter)
+
+
+def _cycles(exporter: ExporterProcess) -> int:
+    return sum(record.get("msg") == "poll cycle" for record in log_records(exporter))
+
+
+def _health_lines(records: list[dict[str, object]]) -> list[tuple[object, object, object]]:
+    return [(r["level"], r["msg"], r.get("error")) for r in records if str(r["msg"]).startswith("bem API")]
+
+
+def test_run_logs_a_rejected_key_once_as_an_error(tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(arrival_rate=0.0))
+    with SimulatorServer(simulator) as url:
+        records = _run_for_cycles(url, tmp_path / "state.sqlite", 3, BEM_API_KEY="wrong-key-123")
+    assert _health_lines(records) == [
+        (
+            "error",
+            "bem API rejected the API key; retrying every poll interval",
+            "the API key was rejected (HTTP 401); check BEM_API_KEY or BEM_API_KEY_FILE",
+        )
+    ]
+    assert "wrong-key-123" not in str(records)
+
+
+def test_run_says_the_host_name_does_not_resolve(tmp_path: Path) -> None:
+    records = _run_for_cycles("http://bem-api.invalid", tmp_path / "state.sqlite", 2)
+    assert _health_lines(records) == [
+        (
+            "warning",
+            "bem API host name does not resolve; retrying every poll interval",
+            "the host name 'bem-api.invalid' does not resolve; check BEM_API_URL",
+        )
+    ]
+
+
+def test_run_probes_a_dead_api_once_per_cycle_and_says_1_attempt(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    records = _run_for_cycles(dead, tmp_path / "state.sqlite", 3)
+    health = _health_lines(records)
+    assert [(level, msg) for level, msg, _ in health] == [
+        ("warning", "bem API unreachable; retrying every poll interval")
+    ]
+    errors = [r.get("error") for r in records if r["msg"] == "poll cycle"]
+    assert errors[-1] == "/v3/calls: cannot connect (after 1 attempt)"
 
 
 def test_run_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:

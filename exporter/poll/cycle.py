@@ -107,7 +107,7 @@ class PollLoop:
             await self._refresh.run(report)
             await self._refresh.abandon_stuck(report)
         except ApiError as failure:
-            report.error = str(failure)
+            report.error = self._listing.describe(failure)
             self._listing.cycle_ended(listed, failure)
             return listed
         except (StateError, StateWriteError) as failure:

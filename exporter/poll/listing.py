@@ -61,6 +61,10 @@ class Listing:
         self.last_ok = self._clock()
         return page
 
+    def describe(self, failure: ApiError) -> str:
+        """`failure` in words naming its cause (for the cycle's report)."""
+        return describe(failure, self._host, host_resolves=self._host_resolves)
+
     def cycle_ended(self, listed: bool, failure: ApiError | None) -> None:
         """After a cycle that listed all it wanted to, or failed at the API (not one that
         stopped on a state error first). One line when the API's health or the cause of its
@@ -74,6 +78,6 @@ class Listing:
         cause = cause_of(failure, host_resolves=self._host_resolves)
         if self._api_ok is not False or cause != self._cause:
             level = logging.ERROR if cause == "key_rejected" else logging.WARNING
-            error = describe(failure, self._host, host_resolves=self._host_resolves)
+            error = self.describe(failure)
             log.log(level, f"{DOWN_LINES[cause]}; {RETRYING}", extra={"error": error})
         self._api_ok, self._cause = False, cause

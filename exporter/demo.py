@@ -10,11 +10,14 @@ from exporter.pipeline import FinishedCall, SpanExporter
 from exporter.runner import run
 from exporter.tracetree import render_tree
 
+TREES_PER_BATCH = 2
+"""Trees printed per export batch: a sample a terminal can follow, not every call."""
+
 
 class TreePrinter:
-    """The demo's span exporter when no OTLP endpoint is set: a few calls as trees on stdout."""
+    """The demo's span exporter when no OTLP endpoint is set: a sample of calls as trees on stdout."""
 
-    def __init__(self, per_batch: int = 2) -> None:
+    def __init__(self, per_batch: int = TREES_PER_BATCH) -> None:
         self._per_batch = per_batch
 
     def export(self, batch: Sequence[FinishedCall]) -> int | None:
@@ -43,8 +46,9 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
             f"  readiness: http://{shown}:{settings.metrics.listen_port}/readyz\n"
             f"  status:    http://{shown}:{settings.metrics.listen_port}/status\n"
             + (
-                "  traces:    printed below as trees; set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 "
-                "to send them to Tempo, Jaeger or a Collector\n"
+                f"  traces:    a sample printed below as trees ({TREES_PER_BATCH} per batch of finished calls; "
+                "every call is counted); set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 "
+                "to send all of them to Tempo, Jaeger or a Collector\n"
                 if spans is not None
                 else f"  traces:    {settings.traces.protocol} {settings.traces.endpoint}\n"
             )

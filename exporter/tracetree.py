@@ -83,7 +83,8 @@ def _function_call_line(span: ReadableSpan) -> str:
         extras.append(f"{tries} tries")
     status = attributes.get("bem.function_call.status")
     if (error_type := attributes.get("error.type")) is not None:
-        extras.append(f"FAILED {error_type!s}")
+        # "failed" is the kind given when bem named none: it would say FAILED twice.
+        extras.append("FAILED" if error_type == "failed" else f"FAILED {error_type!s}")
     elif status and status not in ("completed", "failed"):
         extras.append(str(status))
     return "  ".join([head, *extras])

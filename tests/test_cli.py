@@ -319,3 +319,31 @@ def test_the_simulator_says_which_key_it_expects() -> None:
         process.kill()
         process.wait()
     assert "accepting the API key 'my-sim-key'" in first
+
+
+def test_demo_prints_its_status_url_and_says_its_trees_are_a_sample() -> None:
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BEM_", "OTEL_"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--listen", f"127.0.0.1:{port}", "--prefill", "20"],
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        banner = [process.stdout.readline().rstrip("\n") for _ in range(6)]
+        url = banner[3].split()[-1]
+        wait_until(lambda: httpx.get(url, timeout=5).status_code == 200, 30, what="the demo's /status")
+        status = httpx.get(url, timeout=5)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert banner[3] == f"  status:    http://127.0.0.1:{port}/status"
+    assert banner[4] == (
+        "  traces:    a sample printed below as trees (2 per batch of finished calls; every call is counted); "
+        "set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 to send all of them to Tempo, Jaeger or a Collector"
+    )
+    assert status.status_code == 200 and "bem-exporter" in status.text

@@ -744,3 +744,9 @@ def test_every_span_of_a_canary_call_is_marked_synthetic(ship: Shipper) -> None:
         synthetic = span["attributes"].get("bem.synthetic")
         assert synthetic is (True if span["trace_id"] == canary_trace else None), span["name"]
     assert marked["call-canary"]["attributes"]["bem.call.reference_id"].startswith(CANARY_REFERENCE_PREFIX)
+
+
+def test_render_tree_says_failed_once_when_bem_names_no_error_kind() -> None:
+    payload = finished(call(status="failed", end=2.0), [fc("a", "send-erp", "send", 0.1, 1.0, status="failed")], [])
+    lines = render_tree(payload).splitlines()
+    assert lines[1] == "└─ send-erp (send) 900ms  FAILED"

@@ -91,6 +91,8 @@ async def state_finding(state: StateSettings, path: str) -> Finding:
 def _sqlite(path: str) -> str:
     """Take and release the lock (removing a lock file it created), then read the file
     read-only, or create and remove it."""
+    if path == ":memory:":
+        return "sqlite :memory:, nothing kept between starts"
     lock_file = os.path.realpath(path) + ".lock"
     had_lock_file = os.path.exists(lock_file)
     lock = FileLock.acquire(path)

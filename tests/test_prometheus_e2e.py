@@ -505,6 +505,15 @@ class Replicas:
         return "\n".join(f"--- replica {r.url}:\n{r.log()[-6000:]}" for r in self.both())
 
 
+def shared_state_replica(api_url: str, state_url: str, name: Path) -> ExporterProcess:
+    """A `run` process on the shared state (BEM_STATE_URL, so no BEM_STATE_PATH)."""
+    process = ExporterProcess(
+        api_url, name.with_suffix(".state"), env={"BEM_STATE_URL": state_url, "BEM_LEADER_LEASE": LEASE}
+    )
+    del process.env["BEM_STATE_PATH"]
+    return process
+
+
 def instance(exporter: ExporterProcess) -> str:
     return f"127.0.0.1:{exporter.port}"
 
@@ -581,10 +590,9 @@ def test_two_replicas_through_a_leader_kill_count_once(tmp_path: Path, postgres_
     recorded rates cover all of it."""
     simulator = Simulator(SimulatorConfig(seed=31, prefill=120, history=600.0, arrival_rate=10.0, speed=SPEED))
     with SimulatorServer(simulator) as url:
-        env = {"BEM_STATE_PATH": "", "BEM_STATE_URL": postgres_url, "BEM_LEADER_LEASE": LEASE}
         replicas = Replicas(
-            ExporterProcess(url, tmp_path / "replica-1.state", env=env),
-            ExporterProcess(url, tmp_path / "replica-2.state", env=env),
+            shared_state_replica(url, postgres_url, tmp_path / "replica-1"),
+            shared_state_replica(url, postgres_url, tmp_path / "replica-2"),
         )
         first, second = replicas.both()
         prometheus = PrometheusServer(

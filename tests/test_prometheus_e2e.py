@@ -5,7 +5,9 @@ shipped rule files loaded) -> PromQL over HTTP. No mocks.
 What Prometheus computes from the scrapes is compared with the simulator's ground truth:
 finished calls, failure ratios, function calls, exemplars naming real traces; across a
 SIGTERM and a kill -9 no counter resets; and every panel of the shipped dashboards returns
-data.
+data. With two replicas sharing their state in PostgreSQL, both scraped, through a kill -9 of
+the leader: the shipped recording rules and dashboard queries count every call once, and
+lose none.
 """
 
 from __future__ import annotations

@@ -149,6 +149,31 @@ def test_a_leader_paused_past_its_lease_steps_down_in_one_line(
         wait_until(lambda: leader.calls_total() == dict(truth), CONVERGE, what="the old leader serving the truth")
 
 
+def test_a_leader_without_its_database_is_not_ready_and_resumes_exactly(
+    simulator: tuple[Simulator, str], postgres_url: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A database outage shorter than the lease: the leader keeps its role, reports it cannot
+    write (up 0, /readyz 503), and counts exactly once the database is back."""
+    sim, url = simulator
+    leader = replica(url, postgres_url, tmp_path, "alone")
+    leader.env["BEM_LEADER_LEASE"] = "60s"
+    try:
+        leader.start()
+        wait_until(lambda: sum(leader.calls_total().values()) > 0, CONVERGE, what="the leader counting")
+        postgres_server.stop("immediate")
+        try:
+            wait_until(lambda: leader.samples("bem_exporter_up") == {(): 0.0}, CONVERGE, what="up 0")
+            wait_until(lambda: not leader.is_ready(), CONVERGE, what="/readyz 503")
+            assert is_leader(leader)
+        finally:
+            postgres_server.start()
+        truth = settle(sim)
+        wait_until(lambda: leader.calls_total() == dict(truth), CONVERGE, what="counters equal to the truth")
+        wait_until(leader.is_ready, CONVERGE, what="ready again")
+    finally:
+        leader.__exit__()
+
+
 def test_a_database_down_at_start_is_waited_for(
     simulator: tuple[Simulator, str], postgres_url: str, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:

@@ -180,11 +180,15 @@ def test_a_database_down_at_start_is_waited_for(
     _, url = simulator
     postgres_server.stop()
     process = replica(url, postgres_url, tmp_path, "late")
+    quitter = replica(url, postgres_url, tmp_path, "quitter")
     try:
         process.start(ready=False)
         wait_until(
             lambda: any(m.startswith("state database failing") for m in messages(process)), CONVERGE, what="one line"
         )
+        quitter.start(ready=False)
+        wait_until(lambda: "state database failing" in quitter.log(), CONVERGE, what="the other one waiting")
+        assert quitter.stop(signal.SIGTERM) == 0  # nothing to finish yet: a plain exit
         postgres_server.start()
         wait_until(lambda: is_leader(process), CONVERGE, what="the replica leading once the database is up")
         assert sum(m.startswith("state database failing") for m in messages(process)) == 1
@@ -192,6 +196,7 @@ def test_a_database_down_at_start_is_waited_for(
     finally:
         postgres_server.start()
         process.__exit__()
+        quitter.__exit__()
 
 
 def test_a_wrong_password_exits_2_with_one_line_without_it(

@@ -6,6 +6,7 @@ a database down under traffic) are in tests/test_failover.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -20,8 +21,14 @@ import pytest
 from fault_helpers import log_records
 from postgres_server import PostgresServer
 from processes import ROOT, ExporterProcess, wait_until
+from status_helpers import finished_calls
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.config import MetricsSettings
+from exporter.metrics import Metrics
+from exporter.mirror import StandbyMirror
+from exporter.state import Changes
+from exporter.state.sqlite import SqliteStore
 
 LEASE = "3s"
 CONVERGE = 60.0
@@ -149,17 +156,46 @@ def test_a_leader_paused_past_its_lease_steps_down_in_one_line(
         wait_until(lambda: leader.calls_total() == dict(truth), CONVERGE, what="the old leader serving the truth")
 
 
+def test_a_leader_without_its_database_is_not_ready_and_resumes_exactly(
+    simulator: tuple[Simulator, str], postgres_url: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A database outage shorter than the lease: the leader keeps its role, reports it cannot
+    write (up 0, /readyz 503), and counts exactly once the database is back."""
+    sim, url = simulator
+    leader = replica(url, postgres_url, tmp_path, "alone")
+    leader.env["BEM_LEADER_LEASE"] = "60s"
+    try:
+        leader.start()
+        wait_until(lambda: sum(leader.calls_total().values()) > 0, CONVERGE, what="the leader counting")
+        postgres_server.stop("immediate")
+        try:
+            wait_until(lambda: leader.samples("bem_exporter_up") == {(): 0.0}, CONVERGE, what="up 0")
+            wait_until(lambda: not leader.is_ready(), CONVERGE, what="/readyz 503")
+            assert is_leader(leader)
+        finally:
+            postgres_server.start()
+        truth = settle(sim)
+        wait_until(lambda: leader.calls_total() == dict(truth), CONVERGE, what="counters equal to the truth")
+        wait_until(leader.is_ready, CONVERGE, what="ready again")
+    finally:
+        leader.__exit__()
+
+
 def test_a_database_down_at_start_is_waited_for(
     simulator: tuple[Simulator, str], postgres_url: str, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     _, url = simulator
     postgres_server.stop()
     process = replica(url, postgres_url, tmp_path, "late")
+    quitter = replica(url, postgres_url, tmp_path, "quitter")
     try:
         process.start(ready=False)
         wait_until(
             lambda: any(m.startswith("state database failing") for m in messages(process)), CONVERGE, what="one line"
         )
+        quitter.start(ready=False)
+        wait_until(lambda: "state database failing" in quitter.log(), CONVERGE, what="the other one waiting")
+        assert quitter.stop(signal.SIGTERM) == 0  # nothing to finish yet: a plain exit
         postgres_server.start()
         wait_until(lambda: is_leader(process), CONVERGE, what="the replica leading once the database is up")
         assert sum(m.startswith("state database failing") for m in messages(process)) == 1
@@ -167,6 +203,7 @@ def test_a_database_down_at_start_is_waited_for(
     finally:
         postgres_server.start()
         process.__exit__()
+        quitter.__exit__()
 
 
 def test_a_wrong_password_exits_2_with_one_line_without_it(
@@ -188,3 +225,31 @@ def _is_json_log(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+def test_a_standby_shows_only_snapshots_newer_than_the_one_shown(tmp_path: Path) -> None:
+    """The mirror publishes the shared state's counts, but never goes back to an older
+    snapshot (a database failed over to a lagging copy): counters stay monotonic."""
+    calls = finished_calls(8)
+    leader = Metrics(MetricsSettings(), "test")
+    snapshots = []
+    for end in (5, 2, 8):  # newer, then an older one, then the newest (never published: each from zero)
+        snapshots.append(leader.recorder.stage(calls[:end]))
+    asyncio.run(_mirror_sees(tmp_path / "state.sqlite", snapshots))
+
+
+async def _mirror_sees(path: Path, snapshots: list[bytes]) -> None:
+    store = await SqliteStore.open(str(path))
+    standby = Metrics(MetricsSettings(), "test")
+    mirror = StandbyMirror(store, {"metrics": standby.recorder}, standby.observer)
+    shown = []
+    try:
+        for snapshot in snapshots:
+            await store.commit(Changes(snapshots={"metrics": snapshot}))
+            await mirror.refresh()
+            shown.append(sum(standby.recorder.store.published.counters["bem_calls_total"].values()))
+    finally:
+        await store.close()
+    assert shown == [5, 5, 8]
+    assert mirror.readable
+    assert b"bem_exporter_up 1.0" in standby.exposition(None)[0]

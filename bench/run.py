@@ -251,7 +251,7 @@ def live_run(duration: float, rate: float, poll_interval: float, seed: int, work
 
 
 def throughput_figures(run: dict[str, Any]) -> dict[str, Any]:
-    calls = run["handed_on"]
+    calls = run["counted"]
     received = run["received"]
     function_calls = received["spans"] - received["call_spans"]
     cpu_s = run["cpu_user_s"] + run["cpu_sys_s"]

@@ -122,7 +122,7 @@ async def run_backfill(settings: Settings) -> dict[str, Any]:
     return {
         "ok": report.ok and delivered and unexported == 0,
         "error": report.error,
-        "handed_on": report.handed_on,
+        "counted": report.counted,
         "finished": report.finished,
         "discovered": report.discovered,
         "trace_fetch_failures": report.trace_fetch_failures,

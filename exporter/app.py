@@ -184,7 +184,7 @@ def log_cycle(report: CycleReport) -> None:
         "discovered": report.discovered,
         "refreshed": report.refreshed,
         "finished": report.finished,
-        "handed_on": report.handed_on,
+        "counted": report.counted,
         "trace_fetch_failures": report.trace_fetch_failures,
         "rejected": report.rejected_records,
         "abandoned": report.abandoned,

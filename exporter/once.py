@@ -26,7 +26,7 @@ async def once(settings: Settings) -> int:
         log_cycle(report)
         await exporter.delivery.deliver()
         waiting = await exporter.state.count_unexported()
-        spans = _spans(exporter, left_before + report.handed_on - waiting, earlier, waiting)
+        spans = _spans(exporter, left_before + report.counted - waiting, earlier, waiting)
     ok = report.ok and waiting == 0
     print(_summary(ok, report, spans, time.monotonic() - started))
     return 0 if ok else 1
@@ -35,7 +35,7 @@ async def once(settings: Settings) -> int:
 def _summary(ok: bool, report: CycleReport, spans: str, seconds: float) -> str:
     return (
         f"{'ok' if ok else 'failed'}: discovered {report.discovered}, finished {report.finished}, "
-        f"counted {report.handed_on}, tracked {report.tracked}, {spans}, {seconds:.2f}s"
+        f"counted {report.counted}, tracked {report.tracked}, {spans}, {seconds:.2f}s"
         + (f"; {report.error}" if report.error else "")
     )
 

@@ -96,7 +96,7 @@ class CycleReport:
     discovered: int = 0
     refreshed: int = 0
     finished: int = 0
-    handed_on: int = 0
+    counted: int = 0
     trace_fetch_failures: int = 0
     rejected_records: int = 0
     abandoned: int = 0

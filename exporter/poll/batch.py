@@ -65,7 +65,7 @@ class Batch:
         changes.handled = [(item.call.call_id, item.call.created_at.timestamp()) for item in batch]
         changes.untracked = [item.call.call_id for item in batch if item.call.call_id in self.position.tracked]
         await self.write(changes, batch)
-        report.handed_on += len(batch)
+        report.counted += len(batch)
 
     async def write(self, changes: Changes, batch: Sequence[FinishedCall] = ()) -> None:
         """Stage every recorder, commit once, then publish all (or discard all on failure)."""

@@ -26,7 +26,7 @@ CanaryResult = Literal["success", "failure", "timeout", "submit_error"]
 CYCLES_KEPT = 20
 """Poll cycles the board remembers (about five minutes at the default 15 s interval)."""
 CALLS_KEPT = 25
-"""Finished calls the board remembers (the latest handed on), shown newest first."""
+"""Finished calls the board remembers (the latest counted), shown newest first."""
 ERROR_LENGTH = 300
 """Characters of the last API error shown; the rest is cut."""
 TRACE_ID_PLACEHOLDER = "{trace_id}"
@@ -41,7 +41,7 @@ class CycleFigures:
     discovered: int
     refreshed: int
     finished: int
-    handed_on: int
+    counted: int
     trace_fetch_failures: int
     rejected: int
     abandoned: int
@@ -255,7 +255,7 @@ def _figures(report: CycleReport, now: float) -> CycleFigures:
         discovered=report.discovered,
         refreshed=report.refreshed,
         finished=report.finished,
-        handed_on=report.handed_on,
+        counted=report.counted,
         trace_fetch_failures=report.trace_fetch_failures,
         rejected=report.rejected_records,
         abandoned=report.abandoned,

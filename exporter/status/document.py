@@ -66,7 +66,7 @@ def _cycle(cycle: CycleFigures) -> dict[str, Any]:
         "discovered": cycle.discovered,
         "refreshed": cycle.refreshed,
         "finished": cycle.finished,
-        "handed_on": cycle.handed_on,
+        "counted": cycle.counted,
         "trace_fetch_failures": cycle.trace_fetch_failures,
         "rejected": cycle.rejected,
         "abandoned": cycle.abandoned,

@@ -152,13 +152,13 @@ def _call_row(call: CallLine, link: str | None) -> Sequence[str]:
 
 
 def _cycles_section(cycles: Sequence[CycleFigures]) -> str:
-    head = ("ended", "ok", "seconds", "discovered", "refreshed", "finished", "handed on", "rejected", "backlog")
+    head = ("ended", "ok", "seconds", "discovered", "refreshed", "finished", "counted", "rejected", "backlog")
     rows = [
         (
             _time(c.at),
             '<span class="up">yes</span>' if c.ok else '<span class="down">no</span>',
             _e(f"{c.seconds:.2f}"),
-            *(_e(n) for n in (c.discovered, c.refreshed, c.finished, c.handed_on, c.rejected, c.export_backlog)),
+            *(_e(n) for n in (c.discovered, c.refreshed, c.finished, c.counted, c.rejected, c.export_backlog)),
         )
         for c in cycles
     ]

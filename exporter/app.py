@@ -9,16 +9,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from exporter import __version__
 from exporter.bem.client import MAX_ATTEMPTS, BemClient, ClientHooks
+from exporter.canary_driver import RECORDER, CanaryDriver, always_leader, canary_of
 from exporter.config import ApiSettings, Settings
 from exporter.delivery import Delivery, Retention
 from exporter.metrics import Metrics
 from exporter.metrics.observer import SelfMetrics
-from exporter.pipeline import CycleReport, SpanExporter
+from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
 from exporter.state import StateStore
 from exporter.state.sqlite import SqliteStore
@@ -40,6 +41,7 @@ class Exporter:
     spans: SpanExporter
     delivery: Delivery
     poller: PollLoop
+    canary: CanaryDriver | None = None
 
     def ready(self) -> bool:
         last = self.poller.last_listing_ok
@@ -49,6 +51,8 @@ class Exporter:
     async def cycle(self) -> CycleReport:
         """One poll cycle, reported with delivery's backlog (logged by the caller)."""
         report = await self.poller.cycle()
+        if self.canary is not None:
+            await self.canary.tick()  # in the cycle's task: never interleaved with a batch
         report.export_backlog = self.delivery.backlog
         self.metrics.observer.cycle_done(report, time.time())
         return report
@@ -56,7 +60,11 @@ class Exporter:
 
 @contextlib.asynccontextmanager
 async def open_exporter(
-    settings: Settings, spans: SpanExporter | None = None, status: StatusBoard | None = None
+    settings: Settings,
+    spans: SpanExporter | None = None,
+    status: StatusBoard | None = None,
+    *,
+    is_leader: Callable[[], bool] = always_leader,
 ) -> AsyncIterator[Exporter]:
     metrics = Metrics(settings.metrics, __version__, max_series_per_family=settings.metrics.max_series_per_metric)
     state = await SqliteStore.open(settings.poll.state_path)
@@ -72,13 +80,22 @@ async def open_exporter(
             delivery = Delivery(
                 span_exporter, state, ApiTraces(client), metrics.observer, settings.traces.max_backlog, retention
             )
-            recorders = {"metrics": metrics.recorder}
+            recorders: dict[str, CallRecorder] = {"metrics": metrics.recorder}
+            canary = canary_of(settings.canary)
+            if canary is not None:
+                recorders[RECORDER] = canary  # judged in the transaction of the batch that finishes its call
+                metrics.live_registry.register(canary)  # a few series: rendered per scrape, always current
             poller = PollLoop(
                 client, state, recorders, delivery, metrics.observer, settings.poll, settings.api.workflows
             )
             await poller.reload()
             await delivery.reload()
-            yield Exporter(settings, client, state, metrics, span_exporter, delivery, poller)
+            driver = (
+                None
+                if canary is None
+                else CanaryDriver(canary, settings.canary, client, state, board=status, is_leader=is_leader)
+            )
+            yield Exporter(settings, client, state, metrics, span_exporter, delivery, poller, driver)
     finally:
         span_exporter.shutdown()
         await state.close()

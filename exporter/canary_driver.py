@@ -24,6 +24,7 @@ from exporter.bem.client import BemClient
 from exporter.bem.create import CreateRequest, input_type_of
 from exporter.canary import Canary
 from exporter.config import CanarySettings
+from exporter.health import HealthLog
 from exporter.state.store import Changes, StateError, StateStore, StateWriteError
 from exporter.status import CanarySummary, StatusBoard
 
@@ -65,6 +66,7 @@ class CanaryDriver:
         self._board = board
         self._is_leader = is_leader
         self._clock = clock
+        self._state = HealthLog(log, "canary state write")
         self._document = settings.document
         self._input_type = input_type_of(settings.file or "") or ""  # the settings checked it names one
 
@@ -75,7 +77,9 @@ class CanaryDriver:
                 await self.canary.tick(self._clock, self._create, self._commit)
             except (StateError, StateWriteError) as failure:
                 # Nothing advanced: the same step is taken again next cycle.
-                log.error("canary: its state could not be written", extra={"error": str(failure)})
+                self._state.failing(str(failure), level=logging.ERROR)
+            else:
+                self._state.ok()
         self.show()
 
     def show(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,12 @@ from exporter.bem.create import CreatedCall, CreateError, CreateRequest, input_t
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.canary import Canary, is_canary_reference
+from exporter.canary_driver import RECORDER, CanaryDriver, canary_of
+from exporter.config import CanarySettings
 from exporter.pipeline import FinishedCall
+from exporter.state.sqlite import SqliteStore
+from exporter.state.store import Stored
+from exporter.status import StatusBoard
 
 KEY = "sim-key"
 DOCUMENT = b"%PDF-1.7 SECRET-CANARY-DOCUMENT"
@@ -207,3 +213,44 @@ def test_a_hanging_canary_call_times_out_once() -> None:
         canary.publish()
         assert canary.stage_timeout(clock() + 600) is None
         assert canary.view().last_result == "timeout" and sim.status(created.call_id) == "running"
+
+
+def test_only_the_leader_creates_and_each_step_is_committed_to_the_state(tmp_path: Path) -> None:
+    """The wiring's CanaryDriver with a real SQLite state and the simulator: a standby creates
+    nothing; the leader's submission and creation are in the state a restart loads, and /status
+    shows them."""
+    leader = False
+    board = StatusBoard("test")
+    settings = CanarySettings("invoice-intake", "canary.pdf", DOCUMENT, interval=300.0, timeout=600.0)
+
+    async def go(url: str) -> Stored:
+        nonlocal leader
+        store = await SqliteStore.open(str(tmp_path / "state.sqlite"))
+        try:
+            async with client(url) as api:
+                canary = canary_of(settings)
+                assert canary is not None
+                driver = CanaryDriver(canary, settings, api, store, board=board, is_leader=lambda: leader)
+                await driver.tick()
+                assert canary.in_flight is None
+                leader = True
+                await driver.tick()
+                await driver.tick()  # one in flight: nothing more to send
+            return await store.load()
+        finally:
+            await store.close()
+
+    with simulator() as (sim, server, _clock):
+        stored = asyncio.run(go(server.url))
+        assert sim.requests[V3] == 1 and len(sim) == 1
+        (call_id,) = sim.call_ids()
+    restored = Canary("invoice-intake", 300.0, 600.0)
+    restored.restore(stored.snapshots[RECORDER])
+    assert restored.in_flight is not None and restored.in_flight.call_id == call_id
+    summary = board.snapshot().canary
+    assert summary is not None and (summary.workflow, summary.in_flight, summary.last_result) == (
+        "invoice-intake",
+        True,
+        None,
+    )
+    assert b"SECRET-CANARY-DOCUMENT" not in stored.snapshots[RECORDER]

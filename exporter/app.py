@@ -17,6 +17,7 @@ from exporter import __version__
 from exporter.api_errors import api_host
 from exporter.backoff import Backoff
 from exporter.bem.client import MAX_ATTEMPTS, BemClient, ClientHooks
+from exporter.canary_driver import RECORDER, CanaryDriver, canary_of
 from exporter.config import ApiSettings, Settings
 from exporter.delivery import Delivery, Retention
 from exporter.health import HealthLog
@@ -24,7 +25,7 @@ from exporter.leadership import FenceWatch, Leadership
 from exporter.metrics import Metrics
 from exporter.metrics.observer import SelfMetrics
 from exporter.mirror import StandbyMirror
-from exporter.pipeline import CycleReport, SpanExporter
+from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
 from exporter.state import StateStore, StateWriteError
 from exporter.state.postgres import PostgresStore
@@ -52,6 +53,7 @@ class Exporter:
     leadership: Leadership
     mirror: StandbyMirror
     """What a standby serves (the shared state's counts)."""
+    canary: CanaryDriver | None = None
 
     def is_leader(self) -> bool:
         """Whether this replica polls, exports spans and creates canary calls now (always
@@ -70,6 +72,8 @@ class Exporter:
     async def cycle(self) -> CycleReport:
         """One poll cycle, reported with delivery's backlog (logged by the caller)."""
         report = await self.poller.cycle()
+        if self.canary is not None:
+            await self.canary.tick()  # in the cycle's task: never interleaved with a batch
         report.export_backlog = self.delivery.backlog
         self.metrics.observer.cycle_done(report, time.time())
         return report
@@ -77,7 +81,9 @@ class Exporter:
 
 @contextlib.asynccontextmanager
 async def open_exporter(
-    settings: Settings, spans: SpanExporter | None = None, status: StatusBoard | None = None
+    settings: Settings,
+    spans: SpanExporter | None = None,
+    status: StatusBoard | None = None,
 ) -> AsyncIterator[Exporter]:
     metrics = Metrics(settings.metrics, __version__, max_series_per_family=settings.metrics.max_series_per_metric)
     opened, leadership = await open_state(settings, metrics.observer, status)
@@ -94,7 +100,11 @@ async def open_exporter(
             delivery = Delivery(
                 span_exporter, state, ApiTraces(client), metrics.observer, settings.traces.max_backlog, retention
             )
-            recorders = {"metrics": metrics.recorder}
+            recorders: dict[str, CallRecorder] = {"metrics": metrics.recorder}
+            canary = canary_of(settings.canary)
+            if canary is not None:
+                recorders[RECORDER] = canary  # judged in the transaction of the batch that finishes its call
+                metrics.live_registry.register(canary)  # a few series: rendered per scrape, always current
             poller = PollLoop(
                 client,
                 state,
@@ -110,7 +120,16 @@ async def open_exporter(
                 await poller.reload()
                 await delivery.reload()
             mirror = StandbyMirror(state, recorders, metrics.observer)
-            yield Exporter(settings, client, state, metrics, span_exporter, delivery, poller, leadership, mirror)
+            driver = (
+                None
+                if canary is None
+                else CanaryDriver(
+                    canary, settings.canary, client, state, board=status, is_leader=leadership.is_leader
+                )
+            )
+            yield Exporter(
+                settings, client, state, metrics, span_exporter, delivery, poller, leadership, mirror, driver
+            )
     finally:
         span_exporter.shutdown()
         await state.close()

@@ -89,6 +89,8 @@ class _State(msgspec.Struct, frozen=True):
     last_success_at: float | None = None
     """finishedAt of the last canary call that completed."""
     last_result: Result | None = None
+    last_duration: float | None = None
+    """Seconds from the submission to the finishedAt of the last canary call that finished."""
 
 
 _encode = msgspec.json.Encoder().encode
@@ -104,6 +106,7 @@ class CanaryView:
     last_result: Result | None
     last_success_at: float | None
     next_due_at: float | None
+    last_duration: float | None
 
 
 class Canary:
@@ -162,7 +165,12 @@ class Canary:
     def view(self) -> CanaryView:
         state = self._published
         return CanaryView(
-            self.workflow_name, state.in_flight, state.last_result, state.last_success_at, self.next_due_at()
+            self.workflow_name,
+            state.in_flight,
+            state.last_result,
+            state.last_success_at,
+            self.next_due_at(),
+            state.last_duration,
         )
 
     # --- events outside batches: each returns the snapshot to commit, then publish() or discard()
@@ -272,8 +280,8 @@ class Canary:
             log.warning("canary: the call could not be created: %s", error, extra={"workflow": self.workflow_name})
             await self._commit(self.stage_submit_error(), commit)
             return
-        log.info("canary: call created", extra={"workflow": self.workflow_name, "call_id": call_id})
         await self._commit(self.stage_created(call_id, now()), commit)
+        log.info("canary: call created", extra={"workflow": self.workflow_name, "call_id": call_id})
 
     async def _commit(self, snapshot: bytes, commit: Callable[[bytes], Awaitable[None]]) -> None:
         async with self.commit_lock:
@@ -312,7 +320,7 @@ class Canary:
         index = next((k for k, bound in enumerate(self._buckets) if seconds <= bound), len(self._buckets))
         counts = list(state.bucket_counts)
         counts[index] += 1
-        return {"bucket_counts": tuple(counts), "duration_sum": state.duration_sum + seconds}
+        return {"bucket_counts": tuple(counts), "duration_sum": state.duration_sum + seconds, "last_duration": seconds}
 
     # --- Collector ---------------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from importlib import resources
 
-from exporter.config import Secret, Settings
+from exporter.config import CanarySettings, Secret, Settings
 from exporter.pipeline import FinishedCall, SpanExporter
 from exporter.runner import run
 from exporter.tracetree import render_tree
@@ -35,6 +36,8 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
     simulator = Simulator(SimulatorConfig(seed=7, arrival_rate=simulator_rate, prefill=prefill, history=1800.0))
     with SimulatorServer(simulator) as sim_url:
         settings = replace(settings, api=replace(settings.api, url=sim_url, key=_sim_key()))
+        if not settings.canary.enabled:
+            settings = replace(settings, canary=demo_canary())
         spans: SpanExporter | None = None
         if settings.traces.exporter == "otlp" and not settings.traces.endpoint_configured:
             spans = TreePrinter()
@@ -52,6 +55,7 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
                 if spans is not None
                 else f"  traces:    {settings.traces.protocol} {settings.traces.endpoint}\n"
             )
+            + f"  canary:    a call of {settings.canary.workflow} every {settings.canary.interval:g}s\n"
             + "  stop with Ctrl-C",
             flush=True,
         )
@@ -63,3 +67,13 @@ def _sim_key() -> Secret | None:
 
     key = SimulatorConfig().api_key
     return Secret(key) if key else None
+
+
+DEMO_CANARY_WORKFLOW = "invoice-intake"
+"""A workflow of the simulator's catalogue that reads PDFs."""
+
+
+def demo_canary() -> CanarySettings:
+    """The demo's canary: one call a minute with the one-page PDF shipped in the package."""
+    document = resources.files("exporter.bem.simulator").joinpath("canary.pdf")
+    return CanarySettings(DEMO_CANARY_WORKFLOW, str(document), document.read_bytes(), interval=60.0)

@@ -35,18 +35,26 @@ class Reply:
 
 Fault = Callable[[str, Reply], Reply]
 """(request target with query, the answer bem would give) -> the answer sent."""
+Answer = Callable[[str, str], Reply | None]
+"""(method, request target) -> an answer sent without asking the upstream, or None to ask it."""
 
 
 def no_fault(_: str, reply: Reply) -> Reply:
     return reply
 
 
-class HostileApi:
-    """Use as `with HostileApi(simulator_url) as url:`; set `fault` at any time."""
+def ask_upstream(_method: str, _target: str) -> Reply | None:
+    return None
 
-    def __init__(self, upstream: str | None = None, fault: Fault = no_fault) -> None:
+
+class HostileApi:
+    """Use as `with HostileApi(simulator_url) as url:`; set `fault` (and `answer`) at any time.
+    Requests with a body (a create request's POST) are forwarded with it."""
+
+    def __init__(self, upstream: str | None = None, fault: Fault = no_fault, answer: Answer = ask_upstream) -> None:
         self.upstream = upstream
         self.fault = fault
+        self.answer = answer
         self.targets: list[str] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -91,10 +99,12 @@ class HostileApi:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             request_line, *header_lines = head.decode("latin-1").split("\r\n")
-            target = request_line.split(" ")[1]
+            method, target = request_line.split(" ")[:2]
             self.targets.append(target)
-            headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
-            reply = self.fault(target, await self._upstream(target, headers))
+            headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in header_lines if ": " in line)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            reply = self.answer(method, target) or await self._upstream(method, target, headers, body)
+            reply = self.fault(target, reply)
             await _send(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -102,11 +112,11 @@ class HostileApi:
             self._serving.discard(task)
             writer.close()
 
-    async def _upstream(self, target: str, headers: dict[str, str]) -> Reply:
+    async def _upstream(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Reply:
         if self.upstream is None or self._http is None:
             return Reply()
-        forwarded = {k: v for k, v in headers.items() if k.lower() in ("x-api-key", "accept")}
-        answer = await self._http.get(self.upstream + target, headers=forwarded)
+        forwarded = {k: v for k, v in headers.items() if k in ("x-api-key", "accept", "content-type")}
+        answer = await self._http.request(method, self.upstream + target, headers=forwarded, content=body)
         return Reply(answer.status_code, answer.content, {"content-type": "application/json"})
 
 

@@ -1,22 +1,28 @@
-"""The create request (exporter/bem/create.py) and the canary against the simulator, over real
-HTTP on loopback."""
+"""The create request (`BemClient.create_call`, shapes in exporter/bem/create.py) and the canary
+against the simulator, over real HTTP on loopback."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from exporter.backoff import Backoff
-from exporter.bem.create import CreatedCall, CreateError, CreateRequest, create_call, input_type_of
+from exporter.bem.client import BemClient, ClientHooks
+from exporter.bem.create import CreatedCall, CreateError, CreateRequest, input_type_of
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.canary import Canary, is_canary_reference
+from exporter.canary_driver import RECORDER, CanaryDriver, canary_of
+from exporter.config import CanarySettings
 from exporter.pipeline import FinishedCall
+from exporter.state.sqlite import SqliteStore
+from exporter.state.store import Stored
+from exporter.status import StatusBoard
 
 KEY = "sim-key"
 DOCUMENT = b"%PDF-1.7 SECRET-CANARY-DOCUMENT"
@@ -48,31 +54,25 @@ def request(reference: str = "bem-exporter-canary-t1", workflow: str = "invoice-
     return CreateRequest(workflow, reference, DOCUMENT, "pdf")
 
 
-class Waits:
-    """The sleep of the retries: records the waits instead of sleeping, and can act between tries."""
-
-    def __init__(self, between: Any = None) -> None:
-        self.waits: list[float] = []
-        self.between = between
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        if self.between is not None:
-            self.between()
+def client(url: str, version: str = "v3", key: str = KEY, hooks: ClientHooks | None = None) -> BemClient:
+    return BemClient(
+        url,
+        key,
+        "v2" if version == "v2" else "v3",
+        timeout=5,
+        max_concurrency=2,
+        max_rps=100,
+        max_attempts=4,
+        hooks=hooks,
+    )
 
 
 def create(
-    url: str, req: CreateRequest, version: str = "v3", key: str = KEY, sleep: Waits | None = None
+    url: str, req: CreateRequest, version: str = "v3", key: str = KEY, hooks: ClientHooks | None = None
 ) -> CreatedCall:
     async def go() -> CreatedCall:
-        async with httpx.AsyncClient(base_url=url, headers={"x-api-key": key}) as http:
-            return await create_call(
-                http,
-                req,
-                version,
-                backoff=Backoff(0.5, 4.0, jitter=False),
-                sleep=sleep or Waits(),  # type: ignore[arg-type]
-            )
+        async with client(url, version, key, hooks) as api:
+            return await api.create_call(req)
 
     return asyncio.run(go())
 
@@ -91,17 +91,16 @@ def test_the_created_call_is_listed_with_its_reference(version: str) -> None:
 def test_429_and_5xx_are_retried_honouring_retry_after() -> None:
     with simulator() as (sim, server, _clock):
         faults = sim.config.faults
-        faults.canary_reject, faults.retry_after = 429, 2
+        faults.canary_reject, faults.retry_after = 429, 1
+        throttled: list[float] = []
 
-        def recover() -> None:
-            if len(waits.waits) == 2:
-                faults.canary_reject = None
-            else:
-                faults.canary_reject = 500
+        def answered(endpoint: str, code: str, _seconds: float) -> None:
+            # between the tries: a 429 is followed by a 500, then bem accepts the call
+            faults.canary_reject = 500 if code == "429" else None
 
-        waits = Waits(recover)
-        created = create(server.url, request(), sleep=waits)
-        assert waits.waits == [2.0, 1.0]  # Retry-After, then the backoff (0.5 doubled)
+        hooks = ClientHooks(request=answered, throttled=throttled.append)
+        created = create(server.url, request(), hooks=hooks)
+        assert throttled == [1.0]  # the 429's Retry-After was honoured
         assert sim.responses[(V3, 429)] == 1 and sim.responses[(V3, 500)] == 1 and sim.responses[(V3, 202)] == 1
         assert sim.call_ids() == [created.call_id]
 
@@ -173,10 +172,10 @@ def test_a_canary_call_is_created_and_judged_when_it_finishes(outcome: str, resu
             committed.append(snapshot)
 
         async def tick() -> None:
-            async with httpx.AsyncClient(base_url=server.url, headers={"x-api-key": KEY}) as http:
+            async with client(server.url) as http:
 
                 async def submit(reference: str) -> str:
-                    return (await create_call(http, request(reference))).call_id
+                    return (await http.create_call(request(reference))).call_id
 
                 await canary.tick(clock, submit, commit)
 
@@ -214,3 +213,44 @@ def test_a_hanging_canary_call_times_out_once() -> None:
         canary.publish()
         assert canary.stage_timeout(clock() + 600) is None
         assert canary.view().last_result == "timeout" and sim.status(created.call_id) == "running"
+
+
+def test_only_the_leader_creates_and_each_step_is_committed_to_the_state(tmp_path: Path) -> None:
+    """The wiring's CanaryDriver with a real SQLite state and the simulator: a standby creates
+    nothing; the leader's submission and creation are in the state a restart loads, and /status
+    shows them."""
+    leader = False
+    board = StatusBoard("test")
+    settings = CanarySettings("invoice-intake", "canary.pdf", DOCUMENT, interval=300.0, timeout=600.0)
+
+    async def go(url: str) -> Stored:
+        nonlocal leader
+        store = await SqliteStore.open(str(tmp_path / "state.sqlite"))
+        try:
+            async with client(url) as api:
+                canary = canary_of(settings)
+                assert canary is not None
+                driver = CanaryDriver(canary, settings, api, store, board=board, is_leader=lambda: leader)
+                await driver.tick()
+                assert canary.in_flight is None
+                leader = True
+                await driver.tick()
+                await driver.tick()  # one in flight: nothing more to send
+            return await store.load()
+        finally:
+            await store.close()
+
+    with simulator() as (sim, server, _clock):
+        stored = asyncio.run(go(server.url))
+        assert sim.requests[V3] == 1 and len(sim) == 1
+        (call_id,) = sim.call_ids()
+    restored = Canary("invoice-intake", 300.0, 600.0)
+    restored.restore(stored.snapshots[RECORDER])
+    assert restored.in_flight is not None and restored.in_flight.call_id == call_id
+    summary = board.snapshot().canary
+    assert summary is not None and (summary.workflow, summary.in_flight, summary.last_result) == (
+        "invoice-intake",
+        True,
+        None,
+    )
+    assert b"SECRET-CANARY-DOCUMENT" not in stored.snapshots[RECORDER]

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from dashboards import ROOT
 
+from exporter.bem.simulator import WORKFLOWS
+
 DOCKERFILE = ROOT / "Dockerfile"
 STATE_DIR = "/var/lib/bem-exporter"
 
@@ -356,6 +358,17 @@ def test_compose_stack_is_wired_together() -> None:
     urls = {source["type"]: urlsplit(source["url"]) for source in sources}
     assert (urls["prometheus"].hostname, urls["prometheus"].port) == ("prometheus", 9090)
     assert (urls["tempo"].hostname, urls["tempo"].port) == ("tempo", tempo_config["server"]["http_listen_port"])
+
+
+def test_compose_runs_a_canary_against_the_simulator_and_not_against_the_real_api() -> None:
+    base = load_yaml("compose.yaml")
+    exporter = base["services"]["exporter"]
+    env = exporter["environment"]
+    assert env["BEM_CANARY_WORKFLOW"] in {workflow.name for workflow in WORKFLOWS}
+    mounts = dict(volume.split(":")[:2] for volume in exporter["volumes"])
+    assert mounts["./exporter/bem/simulator/canary.pdf"] == env["BEM_CANARY_FILE"]
+    real = merge(base, load_yaml("compose.real-api.yaml"))["services"]["exporter"]["environment"]
+    assert real["BEM_CANARY_WORKFLOW"] == "${BEM_CANARY_WORKFLOW:-}", "no canary call of a simulated workflow at bem"
 
 
 def test_real_api_override_drops_the_simulator_and_reads_the_key_from_a_secret() -> None:

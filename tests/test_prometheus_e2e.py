@@ -216,6 +216,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": receiver.protocol,
+            **canary_env(RUN_CANARY_WORKFLOW),
         }
         exporter = ExporterProcess(url, directory / "state.sqlite", env=env)
         prometheus = PrometheusServer(
@@ -233,6 +234,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 simulator.config.faults.rate_429 = 0.0
                 simulator.config.faults.rate_5xx = 0.0
                 time.sleep(3.0)
+                stop_canary(simulator)
                 quiesce(simulator)
                 truth = settle(simulator, exporter, prometheus)
                 # Spans leave asynchronously: wait for the trace of every finished call, so that
@@ -459,12 +461,14 @@ def test_every_dashboard_query_returns_data(run: Run) -> None:
     range query over the dashboard's time range, here the run) against this Prometheus with
     the shipped recording rules loaded, returns at least one finite value."""
     dashboards = pytest.importorskip("dashboards")
-    # The workflow dashboard matches `workflow_name="$workflow"`: pick the busiest workflow.
+    # The dashboards match `workflow_name="$workflow"`: pick the canary's workflow, one of the
+    # busiest, whose canary the overview's canary row then shows.
     calls: Counter[str] = Counter()
     for (workflow, _), count in run.truth.calls.items():
         if workflow != "(none)":
             calls[workflow] += count
-    workflow = calls.most_common(1)[0][0]
+    workflow = RUN_CANARY_WORKFLOW
+    assert calls[workflow] >= calls.most_common(1)[0][1] / 2, calls
     queries = dashboards.dashboard_queries({"workflow": workflow})
     assert len(queries) > 50
 
@@ -699,3 +703,69 @@ def check_replicated_run(
             split = [dict(labels) for labels in values if "instance" in dict(labels)]
             assert not split, f"{uid} / {title} shows one series per replica: {expr}"
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+# --- the synthetic canary ----------------------------------------------------------------------
+
+CANARY_DOCUMENT = ROOT / "exporter" / "bem" / "simulator" / "canary.pdf"
+RUN_CANARY_WORKFLOW = "email-router"
+"""The canary's workflow in the shared run, one of its busiest: the dashboard test selects it as
+`$workflow`, so the canary row's panels show its canary."""
+
+
+def canary_env(workflow: str, interval: str = "2s", timeout: str = "20s") -> dict[str, str]:
+    """A canary of a simulated workflow with the shipped document: a call every `interval`,
+    one in flight at most; the timeout is past the longest simulated call (~9 s at SPEED)."""
+    return {
+        "BEM_CANARY_WORKFLOW": workflow,
+        "BEM_CANARY_FILE": str(CANARY_DOCUMENT),
+        "BEM_CANARY_INTERVAL": interval,
+        "BEM_CANARY_TIMEOUT": timeout,
+    }
+
+
+def stop_canary(simulator: Simulator) -> None:
+    """Refuse the canary's create requests (a 400 is final): no new call keeps the workload
+    from quiescing, and each refusal counts as a `submit_error`."""
+    simulator.config.faults.canary_reject = 400
+
+
+def canary_calls(simulator: Simulator) -> list[dict[str, Any]]:
+    return [c for c in simulator.calls() if str(c.get("callReferenceID", "")).startswith("bem-exporter-canary-")]
+
+
+@diagnosed
+def test_prometheus_sees_each_canary_call_judged_once(run: Run) -> None:
+    prometheus = run.prometheus
+    calls = canary_calls(run.simulator)
+    assert calls and all(call["status"] in FINISHED for call in calls)
+    query = f'sum by (result) (bem_canary_runs_total{{workflow_name="{RUN_CANARY_WORKFLOW}"}})'
+    by_result = {dict(k)["result"]: v for k, v in prometheus.vector(query).items()}
+    completed = sum(call["status"] == "completed" for call in calls)
+    assert (by_result["success"], by_result["failure"]) == (completed, len(calls) - completed)
+    assert by_result["timeout"] == 0 and by_result["submit_error"] >= 1  # refused once stopped
+    assert prometheus.scalar("sum(bem_canary_duration_seconds_count)") == len(calls)
+
+
+def test_bem_canary_failing_fires_when_canary_calls_fail(tmp_path: Path) -> None:
+    """Quiet while the canary succeeds; firing once the simulator makes its calls fail."""
+    simulator = Simulator(SimulatorConfig(seed=29, arrival_rate=0.0, failure_rate=0.0, speed=SPEED))
+    firing = 'count(ALERTS{alertname="BemCanaryFailing", alertstate="firing", workflow_name="receipt-extract"})'
+    with SimulatorServer(simulator) as url:
+        env = canary_env("receipt-extract", interval="1s", timeout="15s")
+        exporter = ExporterProcess(url, tmp_path / "state.sqlite", env=env)
+        prometheus = PrometheusServer(
+            tmp_path / "prometheus", [f"127.0.0.1:{exporter.port}"], rule_files=RULE_FILES
+        ).start()
+        try:
+            with prometheus.diagnose(exporter.log):
+                exporter.start()
+                success = 'sum(bem_canary_runs_total{result="success"})'
+                prometheus.wait_for(success, lambda v: (v or 0) >= 2, 60, what="two canary successes")
+                prometheus.wait_rules_evaluated()
+                assert prometheus.scalar(firing) is None, "BemCanaryFailing fires on a healthy canary"
+                simulator.config.faults.canary_outcome = "fail"
+                prometheus.wait_for(firing, lambda v: v == 1, 90, what="BemCanaryFailing firing")
+                failed = prometheus.scalar('sum(bem_canary_runs_total{result="failure"})')
+                assert failed is not None and failed >= 2
+                assert prometheus.scalar('max(bem_canary_success{workflow_name="receipt-extract"})') == 0
+        finally:
+            shut_down(exporter, prometheus)

@@ -1,6 +1,6 @@
 """Async client of bem's Calls API (v3, and v2 for legacy accounts), over httpx.
 
-Every request goes through one place (`_get`) that applies the concurrency and rate limits,
+Every request goes through one place (`_request`) that applies the concurrency and rate limits,
 bounds the whole request (connect, headers and body) by one timeout and the body by a size
 limit, retries connect errors, timeouts, 429, 5xx and malformed bodies with the exporter's one
 backoff (honouring `Retry-After`, capped), and reports each attempt through the hooks it is
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Literal, TypeVar
 from urllib.parse import quote
@@ -23,6 +23,16 @@ import httpx
 
 from exporter import __version__
 from exporter.backoff import Backoff
+from exporter.bem.create import (
+    V2_ENDPOINT,
+    V3_ENDPOINT,
+    CreatedCall,
+    CreateError,
+    CreateRequest,
+    decode_created,
+    refusal,
+    request_body,
+)
 from exporter.bem.decode import CallPage, DecodeError, decode_call_page, decode_trace, decode_v2_trace
 from exporter.bem.models import Trace
 
@@ -127,6 +137,29 @@ class _TooLargeError(Exception):
         self.status = status
 
 
+def _client_error(status: int) -> str:
+    if status == 401:
+        return "HTTP 401: the API key was rejected (check BEM_API_KEY)"
+    if status == 403:
+        return "HTTP 403: the API key may not read calls"
+    if status == 404:
+        return "HTTP 404: not found (check BEM_API_URL and BEM_API_VERSION)"
+    return f"HTTP {status}: request rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One request as `_request` sends it: `endpoint` is the template used in metrics and errors."""
+
+    endpoint: str
+    path: str
+    params: dict[str, str] | None = None
+    body: bytes | None = None
+    """A JSON body, POSTed; None: a GET."""
+    refused: Callable[[int], str] = field(default=_client_error)
+    """What a final 4xx answer means, for the error message."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Answer:
     status: int
@@ -209,6 +242,22 @@ class BemClient:
             log.debug("skipped undecodable trace records", extra={"call_id": call_id, "count": trace.rejected})
         return trace
 
+    async def create_call(self, request: CreateRequest) -> CreatedCall:
+        """Create one call (the canary's): `POST /v3/workflows/{workflowName}/call`, or
+        `POST /v2/calls` on v2. Limited, retried and reported like every request; retrying is
+        safe, as bem answers a `callReferenceID` it has seen with the call it already created.
+        Raises CreateError naming the endpoint and the status, never the document."""
+        path, body = request_body(request, self._version)
+        endpoint = V2_ENDPOINT if self._version == "v2" else V3_ENDPOINT
+
+        def decode(answer: bytes) -> CreatedCall:
+            return decode_created(answer, self._version)
+
+        try:
+            return await self._request(_Call(endpoint, path, body=body, refused=refusal), decode)
+        except ApiError as error:
+            raise CreateError(str(error), error.status) from None
+
     async def _get(
         self,
         endpoint: str,
@@ -217,30 +266,32 @@ class BemClient:
         decode: Callable[[bytes], T],
         attempts: int | None = None,
     ) -> T:
-        """GET and decode, with limits and retries. `endpoint` is the template used in metrics
-        and errors. A body that is not the expected JSON (truncated, garbled) is retried too."""
+        return await self._request(_Call(endpoint, path, params), decode, attempts)
+
+    async def _request(self, call: _Call, decode: Callable[[bytes], T], attempts: int | None = None) -> T:
+        """Send and decode, with limits and retries. A body that is not the expected JSON
+        (truncated, garbled) is retried too."""
         backoff = Backoff(BACKOFF_BASE, BACKOFF_CAP)
         max_attempts = attempts or self._max_attempts
         for attempt in range(1, max_attempts + 1):
             last = attempt == max_attempts
             async with self._limit:
                 await self._rate.acquire()
-                answer = await self._attempt(endpoint, path, params, last, attempt)
+                answer = await self._attempt(call, last, attempt)
             if answer is not None:
-                result = self._decoded(endpoint, answer, decode, last, attempt)
+                result = self._decoded(call, answer, decode, last, attempt)
                 if result is not None:
                     return result[0]
             # Sleep outside the concurrency slot so other requests can go on meanwhile.
             await asyncio.sleep(self._wait(answer, backoff))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(
-        self, endpoint: str, path: str, params: dict[str, str] | None, last: bool, attempt: int
-    ) -> _Answer | None:
+    async def _attempt(self, call: _Call, last: bool, attempt: int) -> _Answer | None:
         """One request: its answer, or None after a transport failure worth another try."""
+        endpoint = call.endpoint
         started = time.monotonic()
         try:
-            answer = await self._send(path, params)
+            answer = await self._send(call)
         except (httpx.TransportError, TimeoutError) as error:
             self._hooks.request(endpoint, "error", time.monotonic() - started)
             if last:
@@ -255,10 +306,15 @@ class BemClient:
         self._hooks.request(endpoint, str(answer.status), time.monotonic() - started)
         return answer
 
-    async def _send(self, path: str, params: dict[str, str] | None) -> _Answer:
-        """GET with the whole exchange, body included, bounded by the timeout: a server that
-        trickles one byte at a time cannot hold a request open past it."""
-        async with asyncio.timeout(self._timeout), self._http.stream("GET", path, params=params) as response:
+    async def _send(self, call: _Call) -> _Answer:
+        """The whole exchange, body included, bounded by the timeout: a server that trickles
+        one byte at a time cannot hold a request open past it."""
+        if call.body is None:
+            request = self._http.stream("GET", call.path, params=call.params)
+        else:
+            headers = {"content-type": "application/json"}
+            request = self._http.stream("POST", call.path, params=call.params, content=call.body, headers=headers)
+        async with asyncio.timeout(self._timeout), request as response:
             body = await self._read(response)
             return _Answer(response.status_code, response.headers.get("retry-after"), body)
 
@@ -278,10 +334,10 @@ class BemClient:
         return bytes(body)
 
     def _decoded(
-        self, endpoint: str, answer: _Answer, decode: Callable[[bytes], T], last: bool, attempt: int
+        self, call: _Call, answer: _Answer, decode: Callable[[bytes], T], last: bool, attempt: int
     ) -> tuple[T] | None:
         """The decoded body of a 2xx answer; None for an answer worth another try."""
-        status = answer.status
+        endpoint, status = call.endpoint, answer.status
         if 200 <= status < 300:
             try:
                 return (decode(answer.body),)
@@ -292,7 +348,7 @@ class BemClient:
                 log.debug("malformed response, retrying", extra={"endpoint": endpoint})
                 return None
         if status != 429 and status < 500:
-            raise ApiError(endpoint, _client_error(status), status)
+            raise ApiError(endpoint, call.refused(status), status)
         if last:
             raise ApiError(endpoint, f"HTTP {status} (after {attempt} attempts)", status)
         return None
@@ -340,13 +396,3 @@ def _transport_reason(error: Exception) -> str:
     if isinstance(error, httpx.ConnectError):
         return "cannot connect"
     return f"transport error ({type(error).__name__})"
-
-
-def _client_error(status: int) -> str:
-    if status == 401:
-        return "HTTP 401: the API key was rejected (check BEM_API_KEY)"
-    if status == 403:
-        return "HTTP 403: the API key may not read calls"
-    if status == 404:
-        return "HTTP 404: not found (check BEM_API_URL and BEM_API_VERSION)"
-    return f"HTTP {status}: request rejected"

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 
+from exporter.bem.create import input_type_of
 from exporter.config import table as t
 from exporter.config.model import (
     ApiSettings,
@@ -117,9 +118,12 @@ def _canary(values: Values, poll_interval: float) -> CanarySettings:
         raise SettingsError(
             f"BEM_CANARY_TIMEOUT: {timeout:g}s must be longer than BEM_POLL_INTERVAL ({poll_interval:g}s)"
         )
-    file = values.raw(t.CANARY_FILE).text or ""
+    file = (values.raw(t.CANARY_FILE).text or "").strip()
+    if input_type_of(file) is None:
+        # bem needs the document's `inputType`; the canary takes it from the file's extension.
+        raise SettingsError(f"BEM_CANARY_FILE: {file}: the extension names no bem input type (e.g. .pdf, .png, .txt)")
     document = values.get(t.CANARY_FILE)
-    return CanarySettings(workflow, file.strip(), document, interval, timeout)
+    return CanarySettings(workflow, file, document, interval, timeout)
 
 
 def _metrics(values: Values) -> MetricsSettings:

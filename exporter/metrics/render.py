@@ -95,17 +95,21 @@ class CounterFamily:
         self._label_names = spec.labels
         self._lines: dict[Key, tuple[float, bytes]] = {}
 
-    def render(self, series: dict[Key, int], out: list[bytes]) -> None:
+    def render(self, series: dict[Key, int], out: list[bytes]) -> int:
+        """Append the family to `out`; return how many series were rendered anew."""
         out.append(self._header)
         old = self._lines
         lines: dict[Key, tuple[float, bytes]] = {}
+        fresh = 0
         for key, value in series.items():
             kept = old.get(key)
             if kept is None or kept[0] != value:
                 kept = (value, self._line(key, value))
+                fresh += 1
             lines[key] = kept
             out.append(kept[1])
         self._lines = lines
+        return fresh
 
     def _line(self, key: Key, value: float) -> bytes:
         labels = _braced(_pairs(self._label_names, key))
@@ -130,20 +134,24 @@ class HistogramFamily:
         self._exemplar_labels = exemplar_labels
         self._lines: dict[Key, tuple[Row, Slots | None, bytes]] = {}
 
-    def render(self, rows: dict[Key, Row], exemplars: dict[Key, Slots] | None, out: list[bytes]) -> None:
+    def render(self, rows: dict[Key, Row], exemplars: dict[Key, Slots] | None, out: list[bytes]) -> int:
+        """Append the family to `out`; return how many series were rendered anew."""
         out.append(self._header)
         if not self._openmetrics:
             exemplars = None  # the text format has none
         old = self._lines
         lines: dict[Key, tuple[Row, Slots | None, bytes]] = {}
+        fresh = 0
         for key, row in rows.items():
             slots = exemplars.get(key) if exemplars is not None else None
             kept = old.get(key)
             if kept is None or kept[0] is not row or kept[1] is not slots:
                 kept = (row, slots, self._chunk(key, row, slots))
+                fresh += 1
             lines[key] = kept
             out.append(kept[2])
         self._lines = lines
+        return fresh
 
     def _chunk(self, key: Key, row: Row, slots: Slots | None) -> bytes:
         pairs = _pairs(self._label_names, key)
@@ -178,14 +186,18 @@ class FormatRenderer:
         self._histograms = {
             name: HistogramFamily(spec, openmetrics, exemplar_labels) for name, spec in store.histogram_specs.items()
         }
+        self.rendered_anew = 0
+        """Series whose lines the last render wrote (the others were kept from the one before)."""
 
     def render(self) -> bytes:
         tables = self._store.published  # read once: every family from the same version
         out: list[bytes] = []
+        fresh = 0
         for name, counter in self._counters.items():
-            counter.render(tables.counters[name], out)
+            fresh += counter.render(tables.counters[name], out)
         for name, histogram in self._histograms.items():
-            histogram.render(tables.histograms[name], tables.exemplars.get(name), out)
+            fresh += histogram.render(tables.histograms[name], tables.exemplars.get(name), out)
+        self.rendered_anew = fresh
         return b"".join(out)
 
 
@@ -193,12 +205,13 @@ class StoreRenderer:
     """The call metrics' exposition in both formats (OpenMetrics without its `# EOF`)."""
 
     def __init__(self, store: SeriesStore, exemplar_labels: ExemplarLabels) -> None:
-        self._formats = {
+        self.formats = {
             openmetrics: FormatRenderer(store, openmetrics, exemplar_labels) for openmetrics in (False, True)
         }
+        """The text format (False) and OpenMetrics (True)."""
 
     def render(self, content_type: str) -> bytes | None:
         """The body for a Content-Type `choose_encoder` picked; None if not rendered here.
         Not thread-safe: callers serialise renders (the exposition cache holds a lock)."""
         openmetrics = openmetrics_wanted(content_type)
-        return None if openmetrics is None else self._formats[openmetrics].render()
+        return None if openmetrics is None else self.formats[openmetrics].render()

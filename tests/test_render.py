@@ -93,7 +93,9 @@ def test_restored_large_and_fractional_values_are_written_as_prometheus_client_w
     assert b'workflow_name="a"} 1.2345678e+07' in _ours(renderer, "")
 
 
-@pytest.mark.parametrize("value", [0, 1, 2.5, 1e-7, 1234567.0, 123456.0, 99999999, float("inf"), -3.0, 1e300])
+@pytest.mark.parametrize(
+    "value", [0, 1, 999_999, 1_000_000, -5, 2.5, 1e-7, 1234567.0, 123456.0, 99999999, float("inf"), -3.0, 1e300]
+)
 def test_go_float_is_prometheus_clients_formatting(value: float) -> None:
     from prometheus_client.utils import floatToGoString
 

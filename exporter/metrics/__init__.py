@@ -42,7 +42,10 @@ class Metrics:
         version: str,
         *,
         max_series_per_family: int = DEFAULT_MAX_SERIES_PER_FAMILY,
+        render_from_store: bool = True,
     ) -> None:
+        """`render_from_store=False` leaves the call metrics' render to prometheus_client (the
+        reference `bench/scrape.py` measures the store's renderer against)."""
         self.labels = LabelPolicy(settings.max_label_values, settings.allow_workflows, settings.allow_functions)
         self.live_registry = CollectorRegistry()
         self.observer = SelfMetrics(self.labels, version, self.live_registry)
@@ -62,8 +65,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.calls_registry)
         self.registry.register(self.live_registry)
-        renderer = StoreRenderer(self.recorder.store, exemplar_labels)
-        self._calls = CachedExposition(self.calls_registry, lambda: self.recorder.version, renderer.render)
+        renderer = StoreRenderer(self.recorder.store, exemplar_labels).render if render_from_store else None
+        self._calls = CachedExposition(self.calls_registry, lambda: self.recorder.version, renderer)
         self.recorder.on_change = self._calls.changed
         self._shared: dict[tuple[str, bool], tuple[float, int, bytes]] = {}
         """(Accept, gzipped) -> (monotonic time, render version, body) of the last body served."""

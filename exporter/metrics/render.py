@@ -39,11 +39,15 @@ SAME_NAMES_ESCAPING: Final = ("underscores", "allow-utf-8")
 """Escaping schemes under which valid legacy metric and label names are written unchanged."""
 
 Slots = list[ExemplarRecord | None]
+_SeriesLabels = tuple[str, str, str, str]
+"""A histogram series' line starts: bucket up to the `le` value, after it, count, sum."""
 
 
 def go_float(value: float) -> str:
     """`floatToGoString(value)`, without its checks for the usual case: a finite number
-    short enough that Go and Python write it alike."""
+    short enough that Go and Python write it alike (counts are mostly such ints)."""
+    if type(value) is int and value < 1_000_000:
+        return f"{value}.0"
     text = repr(float(value))
     if len(text) > 8 or text[-1] in "fn":  # long (maybe an exponent in Go), inf or nan
         return str(floatToGoString(value))  # type: ignore[no-untyped-call]
@@ -93,27 +97,25 @@ class CounterFamily:
         self._header = (_help_line(shown, spec.help, openmetrics) + f"# TYPE {shown} counter\n").encode()
         self._sample = spec.name
         self._label_names = spec.labels
-        self._lines: dict[Key, tuple[float, bytes]] = {}
+        self._lines: dict[Key, tuple[float, bytes, str]] = {}
+        """key -> (value, its line, the line up to the value)."""
 
     def render(self, series: dict[Key, int], out: list[bytes]) -> int:
         """Append the family to `out`; return how many series were rendered anew."""
         out.append(self._header)
         old = self._lines
-        lines: dict[Key, tuple[float, bytes]] = {}
+        lines: dict[Key, tuple[float, bytes, str]] = {}
         fresh = 0
         for key, value in series.items():
             kept = old.get(key)
             if kept is None or kept[0] != value:
-                kept = (value, self._line(key, value))
+                start = kept[2] if kept is not None else f"{self._sample}{_braced(_pairs(self._label_names, key))} "
+                kept = (value, f"{start}{go_float(value)}\n".encode(), start)
                 fresh += 1
             lines[key] = kept
             out.append(kept[1])
         self._lines = lines
         return fresh
-
-    def _line(self, key: Key, value: float) -> bytes:
-        labels = _braced(_pairs(self._label_names, key))
-        return f"{self._sample}{labels} {go_float(value)}\n".encode()
 
 
 class HistogramFamily:
@@ -132,7 +134,8 @@ class HistogramFamily:
         self._les = le_labels(spec.bounds)
         self._openmetrics = openmetrics
         self._exemplar_labels = exemplar_labels
-        self._lines: dict[Key, tuple[Row, Slots | None, bytes]] = {}
+        self._lines: dict[Key, tuple[Row, Slots | None, bytes, _SeriesLabels]] = {}
+        """key -> (row, exemplar slots, their lines, the series' labels as written)."""
 
     def render(self, rows: dict[Key, Row], exemplars: dict[Key, Slots] | None, out: list[bytes]) -> int:
         """Append the family to `out`; return how many series were rendered anew."""
@@ -140,26 +143,30 @@ class HistogramFamily:
         if not self._openmetrics:
             exemplars = None  # the text format has none
         old = self._lines
-        lines: dict[Key, tuple[Row, Slots | None, bytes]] = {}
+        lines: dict[Key, tuple[Row, Slots | None, bytes, _SeriesLabels]] = {}
         fresh = 0
         for key, row in rows.items():
             slots = exemplars.get(key) if exemplars is not None else None
             kept = old.get(key)
             if kept is None or kept[0] is not row or kept[1] is not slots:
-                kept = (row, slots, self._chunk(key, row, slots))
+                labels = kept[3] if kept is not None else self._labels(key)
+                kept = (row, slots, self._chunk(labels, row, slots), labels)
                 fresh += 1
             lines[key] = kept
             out.append(kept[2])
         self._lines = lines
         return fresh
 
-    def _chunk(self, key: Key, row: Row, slots: Slots | None) -> bytes:
+    def _labels(self, key: Key) -> _SeriesLabels:
         pairs = _pairs(self._label_names, key)
-        before = [pair for pair in pairs if pair[0] < "le"]
-        after = [pair for pair in pairs if pair[0] > "le"]
         name = self._name
-        head = f"{name}_bucket{{" + "".join(pair + "," for _, pair in before) + 'le="'
-        tail = '"' + "".join("," + pair for _, pair in after) + "} "
+        head = f"{name}_bucket{{" + "".join(pair + "," for label, pair in pairs if label < "le") + 'le="'
+        tail = '"' + "".join("," + pair for label, pair in pairs if label > "le") + "} "
+        braced = _braced(pairs)
+        return head, tail, f"{name}_count{braced} ", f"{name}_sum{braced} "
+
+    def _chunk(self, labels: _SeriesLabels, row: Row, slots: Slots | None) -> bytes:
+        head, tail, count, sum_ = labels
         lines: list[str] = []
         total: float = 0
         for index, le in enumerate(self._les):
@@ -167,8 +174,7 @@ class HistogramFamily:
             record = slots[index] if slots is not None else None
             example = self._exemplar(record) if record is not None else ""
             lines.append(f"{head}{le}{tail}{go_float(total)}{example}\n")
-        labels = _braced(pairs)
-        lines.append(f"{name}_count{labels} {go_float(total)}\n{name}_sum{labels} {go_float(row[-1])}\n")
+        lines.append(f"{count}{go_float(total)}\n{sum_}{go_float(row[-1])}\n")
         return "".join(lines).encode()
 
     def _exemplar(self, record: ExemplarRecord) -> str:

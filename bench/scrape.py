@@ -8,10 +8,11 @@
 The exporter's HTTP server runs in its own process (`--serve`) with a call-metrics store of
 about `--series` exposed samples (counters and histogram buckets, exemplars included) and a
 publish every `--commit-every` seconds, as a poll loop would do; that process measures the
-render after each publish; `--touch` is the share of the workflows (and so of the series) each
-commit changes (1: all of them, the worst case). This process runs the scrapers (each scrapes in a loop, as
-Prometheus does, asking for OpenMetrics with gzip, or the text format without) and measures
-each scrape from request to last byte. Prints one JSON object.
+render after each publish. `--touch` is the share of the workflows (and so of the series)
+each commit changes (1: all of them, the worst case). This process runs the scrapers (each
+scrapes in a loop, as Prometheus does, asking for OpenMetrics with gzip, or the text format
+without; back to back, or every `--interval` seconds) and measures each scrape from request
+to last byte. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import subprocess
 import sys
 import time
@@ -107,12 +109,17 @@ def _time_render(metrics: Any) -> dict[str, float]:
     return {"text_s": text, "openmetrics_s": time.perf_counter() - start}
 
 
-async def _scraper(client: httpx.AsyncClient, url: str, until: float, openmetrics: bool) -> list[float]:
+async def _scraper(
+    client: httpx.AsyncClient, url: str, until: float, openmetrics: bool, interval: float
+) -> list[float]:
     headers = (
         {"Accept": OPENMETRICS_ACCEPT, "Accept-Encoding": "gzip"} if openmetrics else {"Accept-Encoding": "identity"}
     )
-    latencies = []
+    latencies: list[float] = []
+    await asyncio.sleep(random.uniform(0, interval))  # scrapers out of phase, as independent servers are
     while time.monotonic() < until:
+        if latencies and interval:
+            await asyncio.sleep(max(0.0, interval - latencies[-1]))
         start = time.perf_counter()
         async with client.stream("GET", f"{url}/metrics", headers=headers) as response:
             async for _ in response.aiter_raw():
@@ -121,13 +128,13 @@ async def _scraper(client: httpx.AsyncClient, url: str, until: float, openmetric
     return latencies
 
 
-async def _scrape(url: str, scrapers: int, seconds: float) -> dict[str, Any]:
+async def _scrape(url: str, scrapers: int, seconds: float, interval: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     limits = httpx.Limits(max_connections=scrapers)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         for label, openmetrics in (("openmetrics_gzip", True), ("text", False)):
             until = time.monotonic() + seconds / 2
-            runs = await asyncio.gather(*(_scraper(client, url, until, openmetrics) for _ in range(scrapers)))
+            runs = await asyncio.gather(*(_scraper(client, url, until, openmetrics, interval) for _ in range(scrapers)))
             latencies = sorted(x for run in runs for x in run)
             out[label] = {
                 "scrapes": len(latencies),
@@ -149,6 +156,7 @@ def run(
     commit_every: float = 5.0,
     touch: float = 1.0,
     renderer: str = "store",
+    interval: float = 0.0,
 ) -> dict[str, Any]:
     """Start the server process, scrape it, stop it; the figures as a dict."""
     port_file = Path(f"/tmp/bem-bench-scrape-{time.monotonic_ns()}.json")
@@ -163,7 +171,7 @@ def run(
                 raise SystemExit("scrape benchmark: the server process did not start")
             time.sleep(0.2)
         started = json.loads(port_file.read_text())
-        figures = asyncio.run(_scrape(started["url"], scrapers, seconds))
+        figures = asyncio.run(_scrape(started["url"], scrapers, seconds, interval))
         output, _ = server.communicate(input="stop\n", timeout=120)
     finally:
         if server.poll() is None:
@@ -176,6 +184,7 @@ def run(
         "touch": touch,
         "text_mb": started["text_bytes"] / 1e6,
         "scrapers": scrapers,
+        "scrape_interval_s": interval,
         "commit_every_s": commit_every,
         **figures,
         "commits": len(renders),
@@ -200,13 +209,19 @@ def main() -> int:
         "--touch", type=float, default=1.0, help="share of the workflows each commit changes (1: every series)"
     )
     parser.add_argument("--renderer", choices=RENDERERS, default="store", help="who renders the call metrics (store)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="seconds between one scraper's scrapes (0: back to back, a saturation test; Prometheus: 15)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(_serve(args.series, args.commit_every, args.touch, args.renderer, args.port_file))
         return 0
-    figures = run(args.series, args.scrapers, args.seconds, args.commit_every, args.touch, args.renderer)
+    figures = run(args.series, args.scrapers, args.seconds, args.commit_every, args.touch, args.renderer, args.interval)
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -1,5 +1,5 @@
 """The API client's httpx transport on asyncio streams, against real servers on loopback:
-keep-alive, a connection the server closed, timeouts and refusals as httpx's exceptions, TLS,
+keep-alive, request bodies, a connection the server closed, timeouts and refusals as httpx's exceptions, TLS,
 and httpx's own transport when the environment names a proxy."""
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ async def _server(
         peers.add(request.transport.get_extra_info("peername") if request.transport else None)
         return web.Response(body=b"x" * int(request.match_info["n"]))
 
+    async def posted(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
     app = web.Application()
     app.router.add_get("/echo/{n}", echo)
+    app.router.add_post("/posted", posted)
     runner = web.AppRunner(app, keepalive_timeout=keepalive)
     await runner.setup()
     sock = _listening()
@@ -61,6 +65,8 @@ def test_keep_alive_connections_are_reused_and_bodies_arrive_whole() -> None:
                 response = await client.get(f"{url}/echo/{size}")
                 assert response.status_code == 200 and response.content == b"x" * size
             assert len(peers) == 1
+            sent = b'{"document": "' + b"y" * 200_000 + b'"}'
+            assert (await client.post(f"{url}/posted", content=sent)).content == sent
             bodies = await asyncio.gather(*(client.get(f"{url}/echo/10") for _ in range(20)))
             assert all(b.content == b"x" * 10 for b in bodies)
             assert len(peers) <= 4  # LIMITS.max_connections

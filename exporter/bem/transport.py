@@ -176,7 +176,7 @@ class _Lane:
 class AsyncioTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 through httpcore's pools on asyncio streams (see the module's docstring).
 
-    One httpcore pool per connection (a lane), each request on the least busy lane: httpcore's
+    One httpcore pool per connection (a lane), each request on an idle lane: httpcore's
     pool walks every connection, and for each idle one every connection again, on each
     request and each release, which with 16 connections was a third of a request's CPU. With
     BemClient's own limit on requests in flight (the lane count) a free lane always exists.
@@ -210,7 +210,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             content=request.stream,
             extensions=request.extensions,
         )
-        lane = min(self._lanes, key=_busy)
+        lane = self._lane()
         lane.in_flight += 1
         try:
             with _as_httpx_errors():
@@ -224,6 +224,14 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(response.stream, lane.finished),
             extensions=response.extensions,
         )
+
+    def _lane(self) -> _Lane:
+        """The first idle lane (so that the first lanes stay warm and the last ones' connections
+        expire when fewer are needed), else the least busy."""
+        for lane in self._lanes:
+            if not lane.in_flight:
+                return lane
+        return min(self._lanes, key=_busy)
 
     async def aclose(self) -> None:
         for lane in self._lanes:

@@ -9,6 +9,7 @@ import gzip
 import time
 
 import httpx
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.config import MetricsSettings
 from exporter.metrics import SHARE_SECONDS, Metrics
+from exporter.metrics.render import StoreRenderer
 from exporter.server import HttpServer
 from tests.test_metrics import OPENMETRICS, make_call
 
@@ -54,7 +56,17 @@ def _check(body: bytes, fresh: bytes, accept: str | None) -> None:
     assert {"bem_calls", "bem_exporter_up"} <= names or {"bem_calls_total", "bem_exporter_up"} <= names
 
 
-def test_concurrent_scrapers_get_a_fresh_render_after_each_publish() -> None:
+def test_concurrent_scrapers_get_a_fresh_render_after_each_publish(monkeypatch: pytest.MonkeyPatch) -> None:
+    store_renders = 0
+    store_render = StoreRenderer.render
+
+    def counting_store_render(self: StoreRenderer, content_type: str) -> bytes | None:
+        nonlocal store_renders
+        store_renders += 1
+        return store_render(self, content_type)
+
+    monkeypatch.setattr(StoreRenderer, "render", counting_store_render)
+
     async def main() -> None:
         config = MetricsSettings(listen_host="127.0.0.1", listen_port=0)
         metrics = Metrics(config, "9.9.9")
@@ -76,6 +88,7 @@ def test_concurrent_scrapers_get_a_fresh_render_after_each_publish() -> None:
                     metrics.recorder.publish()
                     await asyncio.to_thread(metrics.exposition, OPENMETRICS)  # the publish's render is done
                     renders_before = renders
+                    store_renders_before = store_renders
                     for accept in (None, OPENMETRICS):
                         for gzipped in (False, True):
                             bodies = await asyncio.gather(
@@ -86,6 +99,8 @@ def test_concurrent_scrapers_get_a_fresh_render_after_each_publish() -> None:
                                 _check(body, fresh, accept)
                     # the scrapes rendered nothing: only the fresh renders of this test did
                     assert renders - renders_before == 4
+                    # nor did the store's renderer: each format is rendered once per publish
+                    assert store_renders == store_renders_before
                     value = f'bem_calls_total{{status="completed",workflow_name="wf0"}} {batch + 1}.0'
                     assert value.encode() in bodies[0]
         finally:

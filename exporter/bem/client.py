@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -35,6 +37,7 @@ from exporter.bem.create import (
 )
 from exporter.bem.decode import CallPage, DecodeError, decode_call_page, decode_trace, decode_v2_trace
 from exporter.bem.models import Trace
+from exporter.bem.transport import AsyncioTransport
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +198,14 @@ class BemClient:
         headers = {"user-agent": f"bem-exporter/{__version__}", "accept": "application/json"}
         if api_key is not None:
             headers["x-api-key"] = api_key
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP)),
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            limits=limits,
             follow_redirects=False,
+            transport=None if _proxied(base_url) else AsyncioTransport(limits),
         )
 
     async def __aenter__(self) -> BemClient:
@@ -384,6 +389,14 @@ def retry_after_seconds(value: str | None) -> float | None:
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return seconds if 0.0 < seconds < float("inf") else None
+
+
+def _proxied(url: str) -> bool:
+    """Whether the environment names a proxy for `url`: then httpx's own transport, which
+    honours it, carries the requests (the asyncio transport has no proxy support)."""
+    proxies = urllib.request.getproxies()
+    scheme = urllib.parse.urlsplit(url).scheme
+    return bool(proxies.get(scheme) or proxies.get("all"))
 
 
 def _path_segment(value: str) -> str:

@@ -4,7 +4,8 @@
 `.observer` (an `Observer`) to the poll loop, and `.exposition()` to the HTTP server.
 Modules: `store` (series storage, staging, snapshots), `labels` (cardinality control),
 `recorder` (finished calls -> counts), `observer` (self-metrics), `exemplars` (trace links),
-`exposition` (scrape bodies, cached between publishes).
+`exposition` (scrape bodies, cached between publishes), `render` (the call metrics' bodies,
+straight from the store, re-rendering only the series a publish changed).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from exporter.config import MetricsSettings
+from exporter.metrics.exemplars import exemplar_labels
 from exporter.metrics.exposition import MAX_VARIANTS, CachedExposition, render_live
 from exporter.metrics.labels import LabelPolicy
 from exporter.metrics.observer import SelfMetrics
 from exporter.metrics.recorder import DEFAULT_MAX_SERIES_PER_FAMILY, MetricsRecorder
+from exporter.metrics.render import StoreRenderer
 
 SHARE_SECONDS: Final = 0.1
 """Scrapes arriving within this long of each other get the same body (self-metrics included):
@@ -39,7 +42,10 @@ class Metrics:
         version: str,
         *,
         max_series_per_family: int = DEFAULT_MAX_SERIES_PER_FAMILY,
+        render_from_store: bool = True,
     ) -> None:
+        """`render_from_store=False` leaves the call metrics' render to prometheus_client (the
+        reference `bench/scrape.py` measures the store's renderer against)."""
         self.labels = LabelPolicy(settings.max_label_values, settings.allow_workflows, settings.allow_functions)
         self.live_registry = CollectorRegistry()
         self.observer = SelfMetrics(self.labels, version, self.live_registry)
@@ -59,7 +65,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.calls_registry)
         self.registry.register(self.live_registry)
-        self._calls = CachedExposition(self.calls_registry, lambda: self.recorder.version)
+        renderer = StoreRenderer(self.recorder.store, exemplar_labels).render if render_from_store else None
+        self._calls = CachedExposition(self.calls_registry, lambda: self.recorder.version, renderer)
         self.recorder.on_change = self._calls.changed
         self._shared: dict[tuple[str, bool], tuple[float, int, bytes]] = {}
         """(Accept, gzipped) -> (monotonic time, render version, body) of the last body served."""

@@ -26,6 +26,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 Encoder = Callable[[CollectorRegistry], bytes]
+Renderer = Callable[[str], bytes | None]
+"""The call metrics for a Content-Type (OpenMetrics without `# EOF`), or None to leave the
+render to prometheus_client's encoder over the registry."""
 
 _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 GZIP_LEVEL: Final = 1
@@ -49,8 +52,10 @@ class CachedExposition:
     current, waiting for the render if need be (`body()`).
     """
 
-    def __init__(self, registry: CollectorRegistry, version: Callable[[], int]) -> None:
-        self._registry = registry
+    def __init__(
+        self, registry: CollectorRegistry, version: Callable[[], int], renderer: Renderer | None = None
+    ) -> None:
+        self._source = _Source(registry, renderer)
         self._version = version
         self._lock = threading.Lock()
         self._render = _Render(-1)
@@ -80,10 +85,10 @@ class CachedExposition:
             render = self._render
             body = render.body(content_type, gzipped, live)
             if body is None and render.has_room():
-                render.add(accept, gzipped, self._registry)
+                render.add(accept, gzipped, self._source)
                 body = render.body(content_type, gzipped, live)
-        if body is None:  # an unusual variant beyond the cache's room: rendered, not kept
-            body = _Render.once(accept, gzipped, self._registry, live)
+            if body is None:  # an unusual variant beyond the cache's room: rendered, not kept
+                body = _Render.once(accept, gzipped, self._source, live)
         return body
 
     def _refresh(self) -> None:
@@ -99,7 +104,7 @@ class CachedExposition:
         wanted = set(PRERENDERED) | self._render.variants()
         render = _Render(version)
         for accept, gzipped in sorted(wanted):
-            render.add(accept, gzipped, self._registry)
+            render.add(accept, gzipped, self._source)
         self._render = render  # one reference swap: readers see the old render or the new
 
 
@@ -120,9 +125,9 @@ class _Render:
         return len(self._asked) < MAX_VARIANTS
 
     @staticmethod
-    def once(accept: str, gzipped: bool, registry: CollectorRegistry, live: bytes) -> bytes:
+    def once(accept: str, gzipped: bool, source: _Source, live: bytes) -> bytes:
         render = _Render(-1)
-        render.add(accept, gzipped, registry)
+        render.add(accept, gzipped, source)
         _, content_type = choose_encoder(accept)
         body = render.body(content_type, gzipped, live)
         assert body is not None
@@ -135,12 +140,12 @@ class _Render:
         plain = self._plain.get(content_type)
         return None if plain is None else plain + live
 
-    def add(self, accept: str, gzipped: bool, registry: CollectorRegistry) -> None:
+    def add(self, accept: str, gzipped: bool, source: _Source) -> None:
         encoder, content_type = choose_encoder(accept)
         self._asked.add((accept, gzipped))
         plain = self._plain.get(content_type)
         if plain is None:
-            plain = self._plain[content_type] = _render(registry, encoder, content_type)
+            plain = self._plain[content_type] = source.render(encoder, content_type)
         if gzipped and content_type not in self._gzipped:
             self._gzipped[content_type] = _GzipPrefix(plain)
 
@@ -157,9 +162,19 @@ class _GzipPrefix:
         return self._prefix + compressor.compress(rest) + compressor.flush()
 
 
-def _render(registry: CollectorRegistry, encoder: Encoder, content_type: str) -> bytes:
-    body = encoder(registry)
-    return body.removesuffix(EOF) if content_type.startswith(OPENMETRICS) else body
+class _Source:
+    """Where the call metrics' bodies come from: the renderer, else the registry's encoder."""
+
+    def __init__(self, registry: CollectorRegistry, renderer: Renderer | None) -> None:
+        self._registry = registry
+        self._renderer = renderer
+
+    def render(self, encoder: Encoder, content_type: str) -> bytes:
+        body = self._renderer(content_type) if self._renderer is not None else None
+        if body is not None:
+            return body
+        body = encoder(self._registry)
+        return body.removesuffix(EOF) if content_type.startswith(OPENMETRICS) else body
 
 
 def render_live(registry: CollectorRegistry, accept: str) -> bytes:

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import scrape  # bench/scrape.py: this directory is on sys.path when run as a script
+import state  # bench/state.py
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -364,6 +365,21 @@ def scrape_rows(scraped: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     return rows
 
 
+def state_rows(figures: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not figures:
+        return []
+    rows = []
+    for engine in ("sqlite", "postgresql"):
+        for run in figures[engine]:
+            server = f", server CPU {fmt(run['server_cpu_ms_per_commit'], 2)} ms" if engine == "postgresql" else ""
+            rows.append(
+                (f"state commits, {engine}, {run['batch']} calls each", f"{fmt(run['commits_per_s'], 0)} commits/s",
+                 f"{fmt(run['wall_ms_per_commit'], 2)} ms each, "
+                 f"exporter CPU {fmt(run['exporter_cpu_ms_per_commit'], 2)} ms{server}")
+            )  # fmt: skip
+    return rows
+
+
 def table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str]] = []
     main = result.get("throughput")
@@ -420,6 +436,7 @@ def table(result: dict[str, Any]) -> str:
              f"{live['exported_calls']} calls"),
         ]  # fmt: skip
     rows += scrape_rows(result.get("scrape"))
+    rows += state_rows(result.get("state"))
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [f"{'figure':<{width}}  {'value':<{value_width}}  notes", "-" * (width + value_width + 40)]
@@ -446,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scrape-seconds", type=float, help="seconds of scraping (30; --quick 6)")
     parser.add_argument("--scrapers", type=int, default=20, help="concurrent scrapers (20)")
+    parser.add_argument(
+        "--state-commits", type=int, help="state engines: commits per engine and shape (400; --quick 100; 0 skips)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
     parser.add_argument("--name", help="results file name (default: full, quick)")
@@ -464,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or ("quick" if quick else "full")
     scrape_series = args.scrape_series if args.scrape_series is not None else (5000 if quick else 50000)
     scrape_seconds = args.scrape_seconds if args.scrape_seconds is not None else (6.0 if quick else 30.0)
+    state_commits = args.state_commits if args.state_commits is not None else (100 if quick else 400)
 
     result: dict[str, Any] = {
         "name": name,
@@ -532,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
         if scrape_series:
             print(f"[bench] scrapes: {scrape_series:,} series, {args.scrapers} concurrent scrapers", file=sys.stderr)
             result["scrape"] = scrape.run(scrape_series, args.scrapers, scrape_seconds)
+        if state_commits:
+            print(f"[bench] state engines: {state_commits} commits per engine and shape", file=sys.stderr)
+            result["state"] = state.run(state_commits)
     result["targets"] = verdicts(result)
     text = table(result)
     result["table"] = text

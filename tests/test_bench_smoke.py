@@ -20,6 +20,7 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "bench" / "run.py"), "--name", name]
     command += ["--calls", "200", "--large", "400", "--backfill-calls", "150", "--latency", "0.02", "--live", "8"]
     command += ["--rate", "10", "--poll-interval", "1", "--scrape-series", "2000", "--scrape-seconds", "2"]
+    command += ["--state-commits", "20"]
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -47,6 +48,12 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     assert scraped["series"] > 1000 and scraped["commits"] >= 1
     for label in ("openmetrics_gzip", "text"):
         assert scraped[label]["scrapes"] > 0 and scraped[label]["p99_ms"] > 0
+    for engine in ("sqlite", "postgresql"):
+        runs = result["state"][engine]
+        assert [run["batch"] for run in runs] == [1, 100], engine
+        for run in runs:
+            assert run["commits"] == 20 and run["commits_per_s"] > 0 and run["exporter_cpu_ms_per_commit"] > 0
+    assert all(run["server_cpu_ms_per_commit"] > 0 for run in result["state"]["postgresql"])
     assert set(result["targets"]) == {
         "cpu_within_1_5x_floor",
         "requests_per_call_le_1_05",

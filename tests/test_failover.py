@@ -83,6 +83,11 @@ def wait_for_truth(replica: ExporterProcess, want: dict[str, dict[tuple[str, ...
     raise AssertionError(f"{replica.url} does not serve the truth (served, truth): {wrong}\n{replica.log()[-3000:]}")
 
 
+def step_down_lines(replica: ExporterProcess) -> int:
+    """The one line a leader logs when it loses the lease (exporter/leadership.py)."""
+    return sum(1 for record in log_records(replica) if str(record.get("msg", "")).startswith("lost the leader lease"))
+
+
 def lease_epoch(state_url: str) -> int:
     with psycopg.connect(state_url, connect_timeout=5) as connection:
         row = connection.execute("SELECT epoch FROM bem_lease").fetchone()
@@ -128,13 +133,18 @@ def test_twenty_kill_9_of_the_leader_count_every_call_once_and_deliver_every_tra
 def test_a_leader_paused_past_its_lease_is_fenced_and_counts_nothing_twice(
     postgres_url: str, tmp_path: Path, receiver: HttpReceiver
 ) -> None:
-    """SIGSTOP the leader for twice its lease: the standby takes over and counts what
-    finishes meanwhile. SIGCONT: the old leader wakes up believing it leads, with a batch
-    possibly in hand. The design guarantees that it cannot write: either its next commit is
-    refused by the fence (`bem_exporter_fenced_commits_total` rises), or its lease keeper
-    notices first that the lease ran out and it steps down before committing (one log line).
-    Which of the two happens first is up to the event loop; either way it ends a standby, a
-    single leader remains, and the counters equal the truth."""
+    """SIGSTOP the leader for about twice its lease: the standby takes over and counts what
+    finishes meanwhile. SIGCONT: the old leader wakes up believing it leads, perhaps with a
+    batch in hand. What the design guarantees, and what is asserted: it writes nothing (the
+    counters equal the truth, on both replicas), it steps down and says so in one log line,
+    and one leader remains. How it finds out is a race inside its event loop, not a guarantee:
+    if its batch reaches the commit first, the fence refuses it
+    (`bem_exporter_fenced_commits_total` rises, then it steps down); if its lease keeper runs
+    first, the local deadline has passed, it steps down and cancels the cycle before any
+    commit (the counter stays 0). On this machine the keeper usually wins (the I/O the cycle
+    waited on is handled in the same loop turn, but the cycle needs several more turns to get
+    to its commit); the count is printed with `-s`. A commit refused by the fence is asserted
+    where it can be provoked deterministically: tests/test_state_postgres.py."""
     simulator = live_simulator(seed=13, rate=8.0)
     with SimulatorServer(simulator) as url:
         replicas = replicas_for(url, postgres_url, tmp_path, receiver)
@@ -144,6 +154,7 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_counts_nothing_twice(
             old = replicas.wait_leader(TAKEOVER_BOUND)
             wait_until(lambda: sum(old.calls_total().values()) > 0, 30, what="the leader counting")
             transitions = gauge(old, "bem_exporter_leader_transitions_total") or 0.0
+            stepped_down_before = step_down_lines(old)
             assert old.process is not None
             old.process.send_signal(signal.SIGSTOP)
             try:
@@ -156,14 +167,14 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_counts_nothing_twice(
                 old.process.send_signal(signal.SIGCONT)
             wait_until(lambda: gauge(old, "bem_exporter_leader") == 0, 30, what="the old leader stepping down")
             fenced = gauge(old, "bem_exporter_fenced_commits_total") or 0.0
-            stepped_down = [r for r in log_records(old) if "lease" in str(r.get("msg", "")).lower()]
-            assert fenced >= 1 or stepped_down, "the old leader neither was fenced nor said it stepped down"
+            stepped_down = step_down_lines(old) - stepped_down_before
+            assert stepped_down >= 1, "the old leader did not say that it stepped down"
             assert (gauge(old, "bem_exporter_leader_transitions_total") or 0.0) > transitions
             assert is_leader(new)
             assert replicas.leaders() == [new]
             assert_converged(simulator, replicas, receiver)
             assert replicas.leaders() == [new]
-            print(f"\nSIGSTOP/SIGCONT: old leader's fenced commits {fenced:g}, step-down lines {len(stepped_down)}")
+            print(f"\nSIGSTOP/SIGCONT: old leader's fenced commits {fenced:g}, step-down lines {stepped_down}")
         finally:
             replicas.stop_all()
 

@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--state-commits", type=int, help="state engines: commits per engine and shape (400; --quick 100; 0 skips)"
     )
-    parser.add_argument("--state-calls", type=int, help="state engines: calls of each CPU run (10000; --quick 2000)")
+    parser.add_argument("--state-calls", type=int, help="state engines: calls of each CPU run (3000; --quick 1000)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
     parser.add_argument("--name", help="results file name (default: full, quick)")
@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     scrape_series = args.scrape_series if args.scrape_series is not None else (5000 if quick else 50000)
     scrape_seconds = args.scrape_seconds if args.scrape_seconds is not None else (6.0 if quick else 30.0)
     state_commits = args.state_commits if args.state_commits is not None else (100 if quick else 400)
-    state_calls = args.state_calls if args.state_calls is not None else (2000 if quick else 10000)
+    state_calls = args.state_calls if args.state_calls is not None else (1000 if quick else 3000)
 
     result: dict[str, Any] = {
         "name": name,

@@ -66,7 +66,8 @@ class DurablePostgres(PostgresServer):
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the postmaster and every process it started (backends,
-        WAL writer, checkpointer), as of now."""
+        WAL writer, checkpointer), as of now, those that exited included (the postmaster
+        reaped them: its children's times)."""
         postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
         total = 0
         for entry in Path("/proc").iterdir():
@@ -77,6 +78,8 @@ class DurablePostgres(PostgresServer):
             except OSError:
                 continue  # gone meanwhile
             pid, ppid = int(entry.name), int(fields[1])
+            if pid == postmaster:
+                total += int(fields[13]) + int(fields[14])
             if pid == postmaster or ppid == postmaster:
                 total += int(fields[11]) + int(fields[12])
         return total / TICKS

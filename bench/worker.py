@@ -96,19 +96,19 @@ class RequestCounter:
 # -- throughput: one backfill of a finished workload -------------------------------------------
 
 
-async def lead(exporter: app.Exporter) -> None:
+async def lead(exporter: app.Exporter) -> asyncio.Task[str]:
     """A PostgreSQL replica starts as a standby: take the lease and load the state, as
-    `run` does on a takeover."""
+    `run` does on a takeover; the task that renews the lease meanwhile."""
     epoch = await exporter.leadership.campaign(0.1)
     await exporter.poller.reload()
     await exporter.delivery.reload()
     exporter.leadership.took_over(epoch)
+    return asyncio.create_task(exporter.leadership.lost())
 
 
 async def run_backfill(settings: Settings) -> dict[str, Any]:
     async with app.open_exporter(settings) as exporter:
-        if exporter.leadership.replicated:
-            await lead(exporter)
+        keeper = await lead(exporter) if exporter.leadership.replicated else None
         requests = RequestCounter(exporter.metrics.observer)
         stop = asyncio.Event()
         gc.collect()
@@ -137,6 +137,10 @@ async def run_backfill(settings: Settings) -> dict[str, Any]:
         gc.collect()
         rss_after_gc = rss_bytes()
         unexported = await exporter.state.count_unexported()
+        if keeper is not None:
+            if keeper.done():
+                raise SystemExit(f"lost the leader lease during the run: {keeper.result()}")
+            keeper.cancel()
     return {
         "ok": report.ok and delivered and unexported == 0,
         "error": report.error,

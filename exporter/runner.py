@@ -151,9 +151,20 @@ async def _poll_until(exporter: Exporter, stop: asyncio.Event, status: StatusBoa
         _log_cycle_result(cycle)
         if not cycle.cancelled() and cycle.exception() is None:
             status.cycle_done(cycle.result())
+        if exporter.leadership.replicated and not exporter.poller.state_ok:
+            await _reload_after_failure(exporter)
         remaining = interval - (time.monotonic() - started)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=max(remaining, 0.0))
+
+
+async def _reload_after_failure(exporter: Exporter) -> None:
+    """After a failed write the shared state may hold a batch whose COMMIT broke on its way
+    back (the store then refuses commits until it was loaded again): continue from what it
+    holds. In-memory state only follows successful commits, so this changes nothing else."""
+    with contextlib.suppress(StateError, StateWriteError):  # the next cycle reports the fault
+        await exporter.poller.reload()
+        await exporter.delivery.reload()
 
 
 async def _finish_cycle(exporter: Exporter, cycle: asyncio.Task[CycleReport], stop: asyncio.Event) -> bool:

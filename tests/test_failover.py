@@ -118,6 +118,11 @@ class Takeover:
     """Lease the killed leader had left at the kill: the wait no replica can shorten."""
 
     @property
+    def late(self) -> float:
+        """From the lease's expiry to another replica taking it: the standby's next attempt."""
+        return self.taken - self.remaining
+
+    @property
     def reloaded(self) -> float:
         """From taking the lease to showing leader 1: the state loaded, and our scrape."""
         return self.visible - self.taken
@@ -170,7 +175,7 @@ def test_twenty_kill_9_of_the_leader_count_every_call_once_and_deliver_every_tra
             replicas.stop_all()
     assert lease_epoch(postgres_url) >= KILLS + 1  # every kill was followed by a takeover
     print(f"\ntakeover after kill -9 (lease {LEASE}, poll {POLL}), {len(takeovers)} runs (seconds):")
-    for name in ("visible", "taken", "remaining", "reloaded"):
+    for name in ("visible", "taken", "remaining", "late", "reloaded"):
         values = [getattr(takeover, name) for takeover in takeovers]
         print(f"  {name:<9} p50 {percentile(values, 0.5):.2f}  max {max(values):.2f}  min {min(values):.2f}")
 

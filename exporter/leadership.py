@@ -26,9 +26,6 @@ log = logging.getLogger("exporter")
 class LeaseHolder(Protocol):
     """What leadership needs of `exporter.state.lease.Lease`."""
 
-    @property
-    def epoch(self) -> int | None: ...
-
     async def campaign(self, interval: float) -> int: ...
 
     async def keep(self) -> str: ...

@@ -6,6 +6,7 @@ a database down under traffic) are in tests/test_failover.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -20,8 +21,14 @@ import pytest
 from fault_helpers import log_records
 from postgres_server import PostgresServer
 from processes import ROOT, ExporterProcess, wait_until
+from status_helpers import finished_calls
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.config import MetricsSettings
+from exporter.metrics import Metrics
+from exporter.mirror import StandbyMirror
+from exporter.state import Changes
+from exporter.state.sqlite import SqliteStore
 
 LEASE = "3s"
 CONVERGE = 60.0
@@ -218,3 +225,31 @@ def _is_json_log(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+def test_a_standby_shows_only_snapshots_newer_than_the_one_shown(tmp_path: Path) -> None:
+    """The mirror publishes the shared state's counts, but never goes back to an older
+    snapshot (a database failed over to a lagging copy): counters stay monotonic."""
+    calls = finished_calls(8)
+    leader = Metrics(MetricsSettings(), "test")
+    snapshots = []
+    for end in (5, 2, 8):  # newer, then an older one, then the newest (never published: each from zero)
+        snapshots.append(leader.recorder.stage(calls[:end]))
+    asyncio.run(_mirror_sees(tmp_path / "state.sqlite", snapshots))
+
+
+async def _mirror_sees(path: Path, snapshots: list[bytes]) -> None:
+    store = await SqliteStore.open(str(path))
+    standby = Metrics(MetricsSettings(), "test")
+    mirror = StandbyMirror(store, {"metrics": standby.recorder}, standby.observer)
+    shown = []
+    try:
+        for snapshot in snapshots:
+            await store.commit(Changes(snapshots={"metrics": snapshot}))
+            await mirror.refresh()
+            shown.append(sum(standby.recorder.store.published.counters["bem_calls_total"].values()))
+    finally:
+        await store.close()
+    assert shown == [5, 5, 8]
+    assert mirror.readable
+    assert b"bem_exporter_up 1.0" in standby.exposition(None)[0]

@@ -22,7 +22,7 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     command += ["--rate", "10", "--poll-interval", "1", "--scrape-series", "2000", "--scrape-seconds", "2"]
     command += ["--state-commits", "20", "--state-calls", "150"]
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
         result = json.loads(out.read_text())
     finally:

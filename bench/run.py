@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import scrape  # bench/scrape.py: this directory is on sys.path when run as a script
+import state  # bench/state.py
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -177,8 +178,10 @@ def finished_workload(
     floor: bool = False,
     profile: str | None = None,
     py_spy: str | None = None,
+    state_url: str | None = None,
 ) -> dict[str, Any]:
-    """Backfill `calls` finished calls (about) from a fresh state, against a receiver."""
+    """Backfill `calls` finished calls (about) from a fresh state (a SQLite file, or the
+    PostgreSQL database at `state_url`), against a receiver."""
     prefill = int(calls / WORKFLOW_SHARE) + 1
     simulator = Simulator(prefill=prefill, rate=0, latency=latency, speed=SPEED, history="2h", seed=seed)
     receiver = Receiver()
@@ -189,6 +192,7 @@ def finished_workload(
             "api_url": simulator.url,
             "workflows": WORKFLOWS,
             "state_path": str(workdir / f"state-{time.monotonic_ns()}.sqlite"),
+            "state_url": state_url,
             "lookback": "3h",
             "otlp_endpoint": receiver.endpoint,
             "max_rps": MAX_RPS,
@@ -204,6 +208,22 @@ def finished_workload(
         receiver.stop()
         simulator.stop()
     return result
+
+
+def state_cpu(calls: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """CPU per function call of the same backfill with the state in SQLite, then in
+    PostgreSQL (bench/state.py's server, production durability), one after the other."""
+    out: dict[str, Any] = {}
+    with state.DurablePostgres() as server:
+        for engine, url in (("sqlite", None), ("postgresql", server.create_database())):
+            before = server.cpu_seconds()
+            run = finished_workload(calls, latency=0.0, seed=seed, workdir=workdir, state_url=url)
+            figures = throughput_figures(run)
+            server_cpu = server.cpu_seconds() - before if url else 0.0
+            keys = ("calls", "function_calls", "cpu_us_per_function_call", "cpu_us_per_call", "wall_s", "complete")
+            out[engine] = {key: figures[key] for key in keys}
+            out[engine]["server_cpu_us_per_function_call"] = server_cpu / figures["function_calls"] * 1e6
+    return out
 
 
 def live_run(duration: float, rate: float, poll_interval: float, seed: int, workdir: Path) -> dict[str, Any]:
@@ -365,6 +385,27 @@ def scrape_rows(scraped: dict[str, Any] | None, who: str = "") -> list[tuple[str
     return rows
 
 
+def state_rows(figures: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not figures:
+        return []
+    rows = []
+    for engine in ("sqlite", "postgresql"):
+        for run in figures[engine]:
+            server = f", server CPU {fmt(run['server_cpu_ms_per_commit'], 2)} ms" if engine == "postgresql" else ""
+            rows.append(
+                (f"state commits, {engine}, {run['batch']} calls each", f"{fmt(run['commits_per_s'], 0)} commits/s",
+                 f"{fmt(run['wall_ms_per_commit'], 2)} ms each, "
+                 f"exporter CPU {fmt(run['exporter_cpu_ms_per_commit'], 2)} ms{server}")
+            )  # fmt: skip
+    for engine, cpu in figures.get("cpu", {}).items():
+        server = f"; server CPU {fmt(cpu['server_cpu_us_per_function_call'])} µs" if engine == "postgresql" else ""
+        rows.append(
+            (f"CPU per function call, state in {engine}", f"{fmt(cpu['cpu_us_per_function_call'])} µs",
+             f"{cpu['calls']:,} calls, {cpu['function_calls']:,} function calls{server}")
+        )  # fmt: skip
+    return rows
+
+
 def table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str]] = []
     main = result.get("throughput")
@@ -422,6 +463,7 @@ def table(result: dict[str, Any]) -> str:
         ]  # fmt: skip
     rows += scrape_rows(result.get("scrape"))
     rows += scrape_rows(result.get("scrape_reference"), " [prometheus_client render]")
+    rows += state_rows(result.get("state"))
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [f"{'figure':<{width}}  {'value':<{value_width}}  notes", "-" * (width + value_width + 40)]
@@ -457,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="also scrape with prometheus_client rendering the call metrics, the way it was before (1; 0 skips)",
     )
+    parser.add_argument(
+        "--state-commits", type=int, help="state engines: commits per engine and shape (400; --quick 100; 0 skips)"
+    )
+    parser.add_argument("--state-calls", type=int, help="state engines: calls of each CPU run (3000; --quick 1000)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
     parser.add_argument("--name", help="results file name (default: full, quick)")
@@ -475,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or ("quick" if quick else "full")
     scrape_series = args.scrape_series if args.scrape_series is not None else (5000 if quick else 50000)
     scrape_seconds = args.scrape_seconds if args.scrape_seconds is not None else (6.0 if quick else 30.0)
+    state_commits = args.state_commits if args.state_commits is not None else (100 if quick else 400)
+    state_calls = args.state_calls if args.state_calls is not None else (1000 if quick else 3000)
 
     result: dict[str, Any] = {
         "name": name,
@@ -548,6 +596,11 @@ def main(argv: list[str] | None = None) -> int:
                 result["scrape_reference"] = scrape.run(
                     scrape_series, args.scrapers, scrape_seconds, touch=args.scrape_touch, renderer="prometheus_client"
                 )
+        if state_commits:
+            print(f"[bench] state engines: {state_commits} commits per engine and shape", file=sys.stderr)
+            result["state"] = state.run(state_commits)
+            print(f"[bench] state engines: CPU per function call, {state_calls:,} calls on each", file=sys.stderr)
+            result["state"]["cpu"] = state_cpu(state_calls, args.seed + 4, workdir)
     result["targets"] = verdicts(result)
     text = table(result)
     result["table"] = text

@@ -53,12 +53,19 @@ def cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
+def state_setting(config: dict[str, Any]) -> dict[str, str]:
+    """PostgreSQL at `state_url` when given, else the SQLite file `state_path`."""
+    if config.get("state_url"):
+        return {"BEM_STATE_URL": config["state_url"]}
+    return {"BEM_STATE_PATH": config["state_path"]}
+
+
 def settings_for(config: dict[str, Any]) -> Settings:
     env = {
         "BEM_API_URL": config["api_url"],
         "BEM_API_KEY": "sim-key",
         "BEM_WORKFLOWS": ",".join(config["workflows"]),
-        "BEM_STATE_PATH": config["state_path"],
+        **state_setting(config),
         "BEM_LOOKBACK": config.get("lookback", "3h"),
         "BEM_POLL_INTERVAL": str(config.get("poll_interval", 2)),
         "BEM_MAX_CONCURRENCY": str(config.get("max_concurrency", 16)),
@@ -89,8 +96,19 @@ class RequestCounter:
 # -- throughput: one backfill of a finished workload -------------------------------------------
 
 
+async def lead(exporter: app.Exporter) -> asyncio.Task[str]:
+    """A PostgreSQL replica starts as a standby: take the lease and load the state, as
+    `run` does on a takeover; the task that renews the lease meanwhile."""
+    epoch = await exporter.leadership.campaign(0.1)
+    await exporter.poller.reload()
+    await exporter.delivery.reload()
+    exporter.leadership.took_over(epoch)
+    return asyncio.create_task(exporter.leadership.lost())
+
+
 async def run_backfill(settings: Settings) -> dict[str, Any]:
     async with app.open_exporter(settings) as exporter:
+        keeper = await lead(exporter) if exporter.leadership.replicated else None
         requests = RequestCounter(exporter.metrics.observer)
         stop = asyncio.Event()
         gc.collect()
@@ -119,6 +137,10 @@ async def run_backfill(settings: Settings) -> dict[str, Any]:
         gc.collect()
         rss_after_gc = rss_bytes()
         unexported = await exporter.state.count_unexported()
+        if keeper is not None:
+            if keeper.done():
+                raise SystemExit(f"lost the leader lease during the run: {keeper.result()}")
+            keeper.cancel()
     return {
         "ok": report.ok and delivered and unexported == 0,
         "error": report.error,

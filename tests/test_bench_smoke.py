@@ -20,8 +20,9 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "bench" / "run.py"), "--name", name]
     command += ["--calls", "200", "--large", "400", "--backfill-calls", "150", "--latency", "0.02", "--live", "8"]
     command += ["--rate", "10", "--poll-interval", "1", "--scrape-series", "2000", "--scrape-seconds", "2"]
+    command += ["--state-commits", "20", "--state-calls", "150"]
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
         result = json.loads(out.read_text())
     finally:
@@ -51,6 +52,16 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     for label in ("openmetrics_gzip", "text"):
         assert scraped[label]["scrapes"] > 0 and scraped[label]["p99_ms"] > 0
         assert reference[label]["scrapes"] > 0
+    for engine in ("sqlite", "postgresql"):
+        runs = result["state"][engine]
+        assert [run["batch"] for run in runs] == [1, 100], engine
+        for run in runs:
+            assert run["commits"] == 20 and run["commits_per_s"] > 0 and run["exporter_cpu_ms_per_commit"] > 0
+    assert result["state"]["postgresql"][1]["server_cpu_ms_per_commit"] > 0  # 20 x ~3 ms: above the 10 ms tick
+    cpu = result["state"]["cpu"]
+    for engine in ("sqlite", "postgresql"):
+        assert cpu[engine]["complete"] and cpu[engine]["cpu_us_per_function_call"] > 0, engine
+    assert cpu["sqlite"]["calls"] == cpu["postgresql"]["calls"]  # the same workload on each engine
     assert set(result["targets"]) == {
         "cpu_within_1_2x_floor",
         "requests_per_call_le_1_05",

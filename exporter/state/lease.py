@@ -200,7 +200,7 @@ class Lease:
         failure = ""
         while self.epoch is not None:
             wait = self.renew_interval if not failure else min(1.0, self.renew_interval)
-            await asyncio.sleep(max(0.0, min(wait, self._deadline - self._monotonic())))
+            await asyncio.sleep(max(0.0, min(wait, (self._deadline - self._monotonic()) / 2)))
             if self.epoch is None:
                 break
             try:

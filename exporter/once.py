@@ -8,25 +8,56 @@ the wait on the trace backend included.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from exporter.app import Exporter, log_cycle, open_exporter
 from exporter.config import Settings
 from exporter.pipeline import CycleReport
 
+CAMPAIGN_INTERVAL = 0.5
+"""Seconds between tries for the leader lease while `once` waits for it (shared state)."""
+
 
 async def once(settings: Settings) -> int:
     """One full cycle, delivery included; a one-line summary on stdout."""
     started = time.monotonic()
     async with open_exporter(settings) as exporter:
-        left_before = await exporter.state.count_unexported()
-        await exporter.delivery.deliver()
-        earlier = left_before - await exporter.state.count_unexported()
-        report = await exporter.cycle()
-        log_cycle(report)
-        await exporter.delivery.deliver()
-        waiting = await exporter.state.count_unexported()
-        spans = _spans(exporter, left_before + report.counted - waiting, earlier, waiting)
+        if exporter.leadership.replicated and not await _lead(exporter):
+            print(
+                "failed: another replica holds the leader lease (BEM_STATE_URL); "
+                "`once` counts only as the leader, so nothing is counted twice"
+            )
+            return 1
+        try:
+            return await _cycle(exporter, started)
+        finally:
+            await exporter.leadership.release()
+
+
+async def _lead(exporter: Exporter) -> bool:
+    """With shared state: take the lease (waiting at most one lease and one poll interval)
+    and load the state under it."""
+    wait = exporter.settings.state.lease + exporter.settings.poll.interval
+    try:
+        epoch = await asyncio.wait_for(exporter.leadership.campaign(CAMPAIGN_INTERVAL), timeout=wait)
+    except TimeoutError:
+        return False
+    await exporter.poller.reload()
+    await exporter.delivery.reload()
+    exporter.leadership.took_over(epoch)
+    return True
+
+
+async def _cycle(exporter: Exporter, started: float) -> int:
+    left_before = await exporter.state.count_unexported()
+    await exporter.delivery.deliver()
+    earlier = left_before - await exporter.state.count_unexported()
+    report = await exporter.cycle()
+    log_cycle(report)
+    await exporter.delivery.deliver()
+    waiting = await exporter.state.count_unexported()
+    spans = _spans(exporter, left_before + report.counted - waiting, earlier, waiting)
     ok = report.ok and waiting == 0
     print(_summary(ok, report, spans, time.monotonic() - started))
     return 0 if ok else 1

@@ -111,7 +111,12 @@ def client_hooks(observer: SelfMetrics) -> ClientHooks:
             observer.rejected_record(what)
 
     return ClientHooks(
-        request=request, rejected=rejected, too_large=observer.response_too_large, throttled=observer.api_throttled
+        request=request,
+        rejected=rejected,
+        too_large=observer.response_too_large,
+        throttled=observer.api_throttled,
+        throttle_cleared=observer.throttle_cleared,
+        rate=observer.api_rate_limit,
     )
 
 

@@ -20,19 +20,30 @@ from dataclasses import dataclass
 INITIAL_RATE = 5.0
 """Requests per second at start (or the ceiling, if lower)."""
 FLOOR_RATE = 0.5
-SLOW_START_STEP = math.log(2)
-"""Rate added per successful request before the first throttle: doubles the rate each second."""
+SLOW_START_STEP = 1.0
+"""Rate added per successful request before the first throttle: the rate grows e-fold (x2.7)
+each second of paced requests, from 5 to 100 requests/s in about 3 s."""
 AVOIDANCE_STEP = 0.01
-"""Rate added per successful request after it: 1 % more per second, so a limit is crossed
-rarely (about once every 10 s at most) and 429s stay a small share of requests."""
+"""Rate added per successful request at or above the rate of the last throttle: 1 % more per
+second, probing gently for a limit that was raised."""
+PLATEAU_STEP = 0.002
+"""The least rate added per successful request below the last throttle's rate: 0.2 % more per
+second, so the rate lingers just below the limit it found instead of crossing it again soon."""
+RECOVERY = 0.5
+"""Below the last throttle's rate, growth per second is this share of the gap to it: back near
+the limit within a few seconds of a cut, then slowly (concave, as TCP CUBIC grows)."""
 THROTTLE_CUT = 0.85
 """The rate is multiplied by this on a 429."""
 LATENCY_CUT = 0.9
 LATENCY_FACTOR = 4.0
 """Smoothed latency above this multiple of the best seen (and LATENCY_MARGIN seconds above it)
 means requests queue at the API."""
-LATENCY_MARGIN = 0.25
+LATENCY_MARGIN = 0.5
+"""Seconds: below this excess, a slower answer is more likely this process's own busy event
+loop (on a loaded machine it measured up to 0.3 s) than bem queueing."""
 LATENCY_SMOOTHING = 0.2
+LATENCY_WARMUP = 20
+"""Answers before latency is judged: the first ones pay for new connections and are no baseline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +70,11 @@ class AdaptiveRate:
         self._paused_until = 0.0
         self._last_cut = -math.inf
         self._slow_start = True
+        self._peak = math.inf
+        """The rate at the last throttle: the limit is about there."""
         self._best_latency = math.inf
         self._latency: float | None = None
+        self._answers = 0
         self._lock = asyncio.Lock()
 
     @property
@@ -87,24 +101,37 @@ class AdaptiveRate:
         if self._queueing(latency):
             self._cut(ticket, LATENCY_CUT)
         elif ticket.paced:
-            step = SLOW_START_STEP if self._slow_start else AVOIDANCE_STEP
-            self._rate = min(self._rate + step, self._ceiling)
+            self._rate = min(self._rate + self._step(), self._ceiling)
+
+    def _step(self) -> float:
+        """Rate added per successful request: `step` x requests per second = `step` per second."""
+        if self._slow_start:
+            return SLOW_START_STEP
+        if self._rate >= self._peak:
+            return AVOIDANCE_STEP
+        return max(PLATEAU_STEP, RECOVERY * (self._peak - self._rate) / self._peak)
 
     def throttled(self, ticket: Ticket, retry_after: float | None) -> None:
         """A 429 for the request started at `ticket`; `retry_after` in seconds, if sent."""
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, self._clock() + retry_after)
         self._slow_start = False
-        self._cut(ticket, THROTTLE_CUT)
+        if self._cut(ticket, THROTTLE_CUT):
+            self._peak = self._rate / THROTTLE_CUT
 
-    def _cut(self, ticket: Ticket, factor: float) -> None:
+    def _cut(self, ticket: Ticket, factor: float) -> bool:
+        """Cut the rate, unless the overload was already answered; True when it was cut."""
         # Requests started before the last cut report the same overload: one cut for all.
         if ticket.start <= self._last_cut:
-            return
+            return False
         self._last_cut = self._clock()
         self._rate = max(self._rate * factor, FLOOR_RATE)
+        return True
 
     def _queueing(self, latency: float) -> bool:
+        self._answers += 1
+        if self._answers <= LATENCY_WARMUP:
+            return False
         self._best_latency = min(self._best_latency, latency)
         previous = latency if self._latency is None else self._latency
         self._latency = previous + LATENCY_SMOOTHING * (latency - previous)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from exporter import __version__
@@ -20,9 +20,10 @@ from exporter.metrics import Metrics
 from exporter.metrics.observer import SelfMetrics
 from exporter.pipeline import CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
+from exporter.poll.progress import Listener, Progress
 from exporter.state import StateStore
 from exporter.state.sqlite import SqliteStore
-from exporter.status import StatusBoard
+from exporter.status import BackfillProgress, StatusBoard
 from exporter.traces import build_span_exporter
 
 log = logging.getLogger("exporter")
@@ -56,7 +57,10 @@ class Exporter:
 
 @contextlib.asynccontextmanager
 async def open_exporter(
-    settings: Settings, spans: SpanExporter | None = None, status: StatusBoard | None = None
+    settings: Settings,
+    spans: SpanExporter | None = None,
+    status: StatusBoard | None = None,
+    progress: Sequence[Listener] = (),
 ) -> AsyncIterator[Exporter]:
     metrics = Metrics(settings.metrics, __version__, max_series_per_family=settings.metrics.max_series_per_metric)
     state = await SqliteStore.open(settings.poll.state_path)
@@ -73,8 +77,16 @@ async def open_exporter(
                 span_exporter, state, ApiTraces(client), metrics.observer, settings.traces.max_backlog, retention
             )
             recorders = {"metrics": metrics.recorder}
+            listeners = (*progress_listeners(metrics.observer, status), *progress)
             poller = PollLoop(
-                client, state, recorders, delivery, metrics.observer, settings.poll, settings.api.workflows
+                client,
+                state,
+                recorders,
+                delivery,
+                metrics.observer,
+                settings.poll,
+                settings.api.workflows,
+                progress=listeners,
             )
             await poller.reload()
             await delivery.reload()
@@ -118,6 +130,19 @@ def client_hooks(observer: SelfMetrics) -> ClientHooks:
         throttle_cleared=observer.throttle_cleared,
         rate=observer.api_rate_limit,
     )
+
+
+def progress_listeners(observer: SelfMetrics, status: StatusBoard | None) -> list[Listener]:
+    """Where backfill and catch-up progress goes: the remaining-calls gauge, and /status."""
+
+    def remaining(progress: Progress) -> None:
+        observer.backfill_remaining(progress.remaining or 0)
+
+    def board(progress: Progress) -> None:
+        if status is not None and progress.kind == "backfill":
+            status.set_backfill(BackfillProgress(progress.target, progress.reached, progress.calls, progress.done))
+
+    return [remaining, board]
 
 
 def log_cycle(report: CycleReport) -> None:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+
 from exporter.app import log_cycle, open_exporter
 from exporter.config import Settings
+from exporter.poll.progress import ProgressBar
 
 
 async def once(settings: Settings) -> int:
     """One full cycle, delivery included; a one-line summary on stdout."""
-    async with open_exporter(settings) as exporter:
+    # A bar only for a person watching: logs and pipes get the progress log lines alone.
+    bar = ProgressBar() if sys.stderr.isatty() else None
+    async with open_exporter(settings, progress=[bar] if bar is not None else []) as exporter:
         await exporter.delivery.deliver()
-        report = await exporter.cycle()
+        try:
+            report = await exporter.cycle()
+        finally:
+            if bar is not None:
+                bar.close()
         log_cycle(report)
         delivered = await exporter.delivery.deliver()
     print(

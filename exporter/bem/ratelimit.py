@@ -130,10 +130,9 @@ class AdaptiveRate:
 
     def _queueing(self, latency: float) -> bool:
         self._answers += 1
-        if self._answers <= LATENCY_WARMUP:
-            return False
         self._best_latency = min(self._best_latency, latency)
         previous = latency if self._latency is None else self._latency
         self._latency = previous + LATENCY_SMOOTHING * (latency - previous)
         excess = self._latency - self._best_latency
-        return self._latency > LATENCY_FACTOR * self._best_latency and excess > LATENCY_MARGIN
+        rising = self._latency > LATENCY_FACTOR * self._best_latency and excess > LATENCY_MARGIN
+        return rising and self._answers > LATENCY_WARMUP

@@ -88,11 +88,18 @@ def test_after_a_throttle_the_rate_returns_near_it_then_grows_gently() -> None:
     for _ in range(4):
         one_second()
     assert 19.0 < rate.rate < 20.0  # lingering just below
+    seconds = 0
+    while rate.rate < 20.0 and seconds < 60:
+        one_second()
+        seconds += 1
+    before = rate.rate
+    one_second()
+    assert before < rate.rate < before * 1.03  # then probing past it: gently at first,
     for _ in range(10):
         one_second()
     before = rate.rate
     one_second()
-    assert before < rate.rate < before * 1.02  # and probing past it by about 1 % a second
+    assert rate.rate > before * 1.05  # faster the longer no 429 comes (a raised limit)
 
 
 def test_retry_after_pauses_every_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,10 +217,10 @@ def test_the_rate_never_exceeds_the_ceiling(limited: tuple[Simulator, str]) -> N
 
 def test_a_429_cuts_the_rate_and_every_call_still_comes_back(limited: tuple[Simulator, str]) -> None:
     simulator, url = limited
-    simulator.config.faults.rate_limit = 10.0
+    simulator.config.faults.rate_limit = 20.0
     simulator.config.faults.rate_limit_retry_after = False
     seen = Seen()
-    assert fetch_traces(url, 200, max_rps=200.0, seen=seen) == 200
+    assert fetch_traces(url, 150, max_rps=200.0, seen=seen) == 150
     assert served(simulator, 429) > 0
     peak = seen.rates.index(max(seen.rates))
     assert min(seen.rates[peak:]) < max(seen.rates) * 0.9  # cut after the peak
@@ -249,12 +256,12 @@ def test_the_rate_recovers_once_the_limit_is_lifted(limited: tuple[Simulator, st
     async def run() -> None:
         async with BemClient(url, SIM_KEY, "v3", timeout=10, max_concurrency=8, max_rps=60.0, hooks=seen.hooks()) as c:
             ids = [call.call_id for call in (await c.list_calls(ListQuery(limit=100))).calls]
-            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(150)))
+            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(100)))
             throttled = served(simulator, 429)
             assert throttled > 0
             cut = seen.rates[-1]
             simulator.config.faults.rate_limit = None
-            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(600)))
+            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(400)))
             assert served(simulator, 429) == throttled
             assert seen.rates[-1] > cut * 1.5
 

@@ -24,8 +24,9 @@ SLOW_START_STEP = 1.0
 """Rate added per successful request before the first throttle: the rate grows e-fold (x2.7)
 each second of paced requests, from 5 to 100 requests/s in about 3 s."""
 AVOIDANCE_STEP = 0.01
-"""Rate added per successful request at or above the rate of the last throttle: 1 % more per
-second, probing gently for a limit that was raised."""
+"""Rate added per successful request at or above the rate of the last throttle, per second
+spent there: 1 % more per second at first, then faster (convex, as TCP CUBIC probes), so a
+limit that was raised or lifted is found within seconds, not minutes."""
 PLATEAU_STEP = 0.002
 """The least rate added per successful request below the last throttle's rate: 0.2 % more per
 second, so the rate lingers just below the limit it found instead of crossing it again soon."""
@@ -72,6 +73,7 @@ class AdaptiveRate:
         self._slow_start = True
         self._peak = math.inf
         """The rate at the last throttle: the limit is about there."""
+        self._above_since: float | None = None
         self._best_latency = math.inf
         self._latency: float | None = None
         self._answers = 0
@@ -108,7 +110,10 @@ class AdaptiveRate:
         if self._slow_start:
             return SLOW_START_STEP
         if self._rate >= self._peak:
-            return AVOIDANCE_STEP
+            now = self._clock()
+            self._above_since = now if self._above_since is None else self._above_since
+            return min(AVOIDANCE_STEP * (1.0 + now - self._above_since), SLOW_START_STEP)
+        self._above_since = None
         return max(PLATEAU_STEP, RECOVERY * (self._peak - self._rate) / self._peak)
 
     def throttled(self, ticket: Ticket, retry_after: float | None) -> None:

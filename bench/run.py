@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ratebench  # bench/ratebench.py
 import scrape  # bench/scrape.py: this directory is on sys.path when run as a script
 
 BENCH = Path(__file__).resolve().parent
@@ -364,6 +365,16 @@ def scrape_rows(scraped: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     return rows
 
 
+def rate_rows(cases: list[dict[str, Any]] | None) -> list[tuple[str, str, str]]:
+    return [
+        (f"adaptive rate vs {case['limit_rps']:g} req/s limit, {'with' if case['retry_after'] else 'no'} Retry-After",
+         f"{case['share_of_limit']:.0%} of limit, {case['share_429']:.1%} 429s",
+         f"{case['calls']:,} calls backfilled in {fmt(case['backfill_s'])} s; "
+         f"goals >= {ratebench.SHARE_GOAL:.0%}, <= {ratebench.SHARE_429_GOAL:.0%}")
+        for case in cases or []
+    ]  # fmt: skip
+
+
 def table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str]] = []
     main = result.get("throughput")
@@ -420,6 +431,7 @@ def table(result: dict[str, Any]) -> str:
              f"{live['exported_calls']} calls"),
         ]  # fmt: skip
     rows += scrape_rows(result.get("scrape"))
+    rows += rate_rows(result.get("adaptive_rate"))
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [f"{'figure':<{width}}  {'value':<{value_width}}  notes", "-" * (width + value_width + 40)]
@@ -446,6 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scrape-seconds", type=float, help="seconds of scraping (30; --quick 6)")
     parser.add_argument("--scrapers", type=int, default=20, help="concurrent scrapers (20)")
+    parser.add_argument(
+        "--adaptive-rate",
+        type=float,
+        action="append",
+        metavar="LIMIT",
+        help="also backfill 5,000 calls against this simulator limit (req/s; repeatable), with and without "
+        "Retry-After: long (5 req/s takes about 17 min per mode)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
     parser.add_argument("--name", help="results file name (default: full, quick)")
@@ -532,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         if scrape_series:
             print(f"[bench] scrapes: {scrape_series:,} series, {args.scrapers} concurrent scrapers", file=sys.stderr)
             result["scrape"] = scrape.run(scrape_series, args.scrapers, scrape_seconds)
+        if args.adaptive_rate:
+            result["adaptive_rate"] = ratebench.run(args.adaptive_rate, [True, False], 5000, 0.2, args.seed)
     result["targets"] = verdicts(result)
     text = table(result)
     result["table"] = text

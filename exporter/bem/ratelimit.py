@@ -1,12 +1,14 @@
 """An adaptive request rate: as fast as bem allows, found by probing, never above a ceiling.
 
 bem publishes no rate limits, so the rate is learnt the way TCP learns a link: start low,
-double every second while requests succeed ("slow start"), and after the first throttle grow
-by a small share per second ("congestion avoidance"). A 429 cuts the rate multiplicatively
-(and `Retry-After`, when sent, pauses every request start); so does a latency that rises far
-above the best one seen, the sign of an API queueing our requests. Growth happens only while
-the rate is what holds requests back: an idle exporter does not talk itself into a rate it
-never tried.
+grow e-fold every second while requests succeed ("slow start"). A 429 cuts the rate
+multiplicatively (and `Retry-After`, when sent, pauses every request start); so does a latency
+that rises far above the best one seen, the sign of an API queueing our requests. After a 429
+the rate climbs back quickly towards the rate that drew it, lingers just below it, then probes
+past it, slowly at first and faster the longer no 429 comes (TCP CUBIC's shape), so 429s stay
+rare and a raised limit is still found. Growth happens only while the rate is what holds
+requests back: an idle exporter does not talk itself into a rate it never tried.
+Measured against the simulator's token bucket: docs/performance.md, "Adaptive request rate".
 """
 
 from __future__ import annotations

@@ -372,6 +372,7 @@ def rate_rows(cases: list[dict[str, Any]] | None) -> list[tuple[str, str, str]]:
          f"{case['calls']:,} calls backfilled in {fmt(case['backfill_s'])} s; "
          f"goals >= {ratebench.SHARE_GOAL:.0%}, <= {ratebench.SHARE_429_GOAL:.0%}")
         for case in cases or []
+        if case["share_of_limit"] is not None
     ]  # fmt: skip
 
 

@@ -308,18 +308,3 @@ def test_a_pause_that_begins_while_a_request_waits_moves_its_turn(monkeypatch: p
     assert not first.paced
     assert second.paced
     assert second.start == pytest.approx(first.start + 1.0 + 5.0)  # its turn, then the whole pause
-
-
-def test_a_429_below_the_found_limit_lowers_it_only_halfway() -> None:
-    clock = Clock()
-    rate = AdaptiveRate(100.0, initial=20.0, clock=clock)
-    rate.throttled(paced(clock.now), retry_after=None)  # the limit is about 20
-    clock.now += 1.0
-    rate.throttled(paced(clock.now), retry_after=None)  # a stray 429 at 17: the limit about 18.5
-    low = rate.rate
-    assert low == pytest.approx(20.0 * 0.85 * 0.85)
-    for _ in range(10):  # ten seconds of requests
-        for _ in range(int(rate.rate)):
-            clock.now += 1.0 / rate.rate
-            rate.succeeded(paced(clock.now), latency=0.01)
-    assert 17.5 < rate.rate < 18.5

@@ -129,17 +129,7 @@ class AdaptiveRate:
             self._paused_until = max(self._paused_until, self._clock() + retry_after)
         self._slow_start = False
         if self._cut(ticket, THROTTLE_CUT):
-            self._peak = self._lowered_peak(self._rate / THROTTLE_CUT)
-
-    def _lowered_peak(self, throttled_at: float) -> float:
-        """The new estimate of the limit after a 429 at `throttled_at` requests/s. A 429 below
-        the last estimate moves it only halfway down: arrivals bunched by network or scheduling
-        jitter draw the odd 429 below the limit, and taking each as the limit walked the rate
-        down from 19 to 10 requests/s against a limit of 20; a limit that really fell still
-        brings it down within a few 429s."""
-        if throttled_at >= self._peak or math.isinf(self._peak):
-            return throttled_at
-        return (throttled_at + self._peak) / 2
+            self._peak = self._rate / THROTTLE_CUT
 
     def _cut(self, ticket: Ticket, factor: float) -> bool:
         """Cut the rate, unless the overload was already answered; True when it was cut."""

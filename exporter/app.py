@@ -6,6 +6,7 @@ The one place that knows every part. Parts know nothing of each other beyond the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -13,15 +14,20 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from exporter import __version__
+from exporter.backoff import Backoff
 from exporter.bem.client import MAX_ATTEMPTS, BemClient, ClientHooks
 from exporter.config import ApiSettings, Settings
 from exporter.delivery import Delivery, Retention
+from exporter.health import HealthLog
+from exporter.leadership import FenceWatch, Leadership
 from exporter.metrics import Metrics
 from exporter.metrics.observer import SelfMetrics
+from exporter.mirror import StandbyMirror
 from exporter.pipeline import CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
 from exporter.poll.progress import Listener, Progress
-from exporter.state import StateStore
+from exporter.state import StateStore, StateWriteError
+from exporter.state.postgres import PostgresStore
 from exporter.state.sqlite import SqliteStore
 from exporter.status import BackfillProgress, StatusBoard
 from exporter.traces import build_span_exporter
@@ -30,6 +36,8 @@ log = logging.getLogger("exporter")
 
 READY_INTERVALS = 3
 """/readyz fails once the last successful listing is older than this many poll intervals."""
+OPEN_RETRY_MIN, OPEN_RETRY_MAX = 1.0, 10.0
+"""Seconds between attempts to reach a state database that is down at start."""
 
 
 @dataclass
@@ -41,8 +49,20 @@ class Exporter:
     spans: SpanExporter
     delivery: Delivery
     poller: PollLoop
+    leadership: Leadership
+    mirror: StandbyMirror
+    """What a standby serves (the shared state's counts)."""
+
+    def is_leader(self) -> bool:
+        """Whether this replica polls, exports spans and creates canary calls now (always
+        with SQLite)."""
+        return self.leadership.is_leader()
 
     def ready(self) -> bool:
+        """A leader (or the single writer): listing recently and writing its state; a
+        standby: reading the shared state."""
+        if not self.is_leader():
+            return self.mirror.readable
         last = self.poller.last_listing_ok
         listing = last is not None and time.time() - last < READY_INTERVALS * self.settings.poll.interval
         return listing and self.poller.state_ok
@@ -63,7 +83,8 @@ async def open_exporter(
     progress: Sequence[Listener] = (),
 ) -> AsyncIterator[Exporter]:
     metrics = Metrics(settings.metrics, __version__, max_series_per_family=settings.metrics.max_series_per_metric)
-    state = await SqliteStore.open(settings.poll.state_path)
+    opened, leadership = await open_state(settings, metrics.observer, status)
+    state: StateStore = FenceWatch(opened, leadership) if leadership.replicated else opened
     span_exporter = spans or build_span_exporter(
         settings.traces, metrics.observer, max_request_bytes=settings.traces.max_request_bytes
     )
@@ -88,12 +109,45 @@ async def open_exporter(
                 settings.api.workflows,
                 progress=listeners,
             )
-            await poller.reload()
-            await delivery.reload()
-            yield Exporter(settings, client, state, metrics, span_exporter, delivery, poller)
+            if not leadership.replicated:
+                # A replica loads the state when it takes the lease, not before.
+                await poller.reload()
+                await delivery.reload()
+            mirror = StandbyMirror(state, recorders, metrics.observer)
+            yield Exporter(settings, client, state, metrics, span_exporter, delivery, poller, leadership, mirror)
     finally:
         span_exporter.shutdown()
         await state.close()
+
+
+async def open_state(
+    settings: Settings, observer: SelfMetrics, status: StatusBoard | None
+) -> tuple[StateStore, Leadership]:
+    """The store `settings.state` names, and this replica's role in it: SQLite is always its
+    single writer; a PostgreSQL replica starts as a standby."""
+    if settings.state.engine == "sqlite":
+        return await SqliteStore.open(settings.poll.state_path), Leadership(None, observer, status)
+    store = await _open_postgres(settings)
+    return store, Leadership(store.lease, observer, status)
+
+
+async def _open_postgres(settings: Settings) -> PostgresStore:
+    """Open the shared state, waiting for a database that is down (one log line for the
+    outage); wrong settings raise `StateError` at once."""
+    url = settings.state.url
+    assert url is not None, "the postgres engine without a URL"
+    password = settings.state.password.get() if settings.state.password is not None else None
+    health = HealthLog(log, "state database")
+    backoff = Backoff(OPEN_RETRY_MIN, OPEN_RETRY_MAX)
+    while True:
+        try:
+            store = await PostgresStore.open(url, password=password, lease_duration=settings.state.lease)
+        except StateWriteError as error:
+            health.failing(f"{error}; trying again")
+            await asyncio.sleep(backoff.next())
+            continue
+        health.ok()
+        return store
 
 
 def bem_client(api: ApiSettings, hooks: ClientHooks | None = None, *, max_attempts: int = MAX_ATTEMPTS) -> BemClient:

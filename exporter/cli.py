@@ -163,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_command(args, settings))
     except StateError as error:
-        return _fail(str(error))
+        # PostgreSQL refusing the settings is a settings error (exit 2, like every other);
+        # a SQLite file that is not a state is a failure of the run (exit 1).
+        return _fail(str(error), code=2 if settings.state.engine == "postgres" else 1)
     except KeyboardInterrupt:
         return 130
     except OSError as error:
@@ -190,9 +192,9 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
     return await demo(settings, args.rate, args.prefill)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 1) -> int:
     print(f"bem-exporter: error: {message}", file=sys.stderr)
-    return 1
+    return code
 
 
 def _settings(args: argparse.Namespace) -> Settings:

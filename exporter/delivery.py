@@ -77,7 +77,9 @@ class Delivery:
         return len(self._backlog)
 
     async def reload(self) -> None:
-        """Look for spans an earlier process (or another instance) left undelivered."""
+        """Look for spans an earlier process (or another instance) left undelivered. What the
+        backlog held (a replica leading again) is in the state too: it is read from there."""
+        self._backlog.clear()
         if await self._store.count_unexported() > 0:
             self._evicted = True
             self._wake.set()  # deliver what was left, without waiting for new work

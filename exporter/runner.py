@@ -14,6 +14,7 @@ from exporter.config import Settings
 from exporter.pipeline import CycleReport, SpanExporter
 from exporter.redact import safe_url
 from exporter.server import HttpServer
+from exporter.state import StateError, StateWriteError
 from exporter.status import SettingRow, StatusBoard
 
 log = logging.getLogger("exporter")
@@ -23,22 +24,116 @@ async def run(settings: Settings, spans: SpanExporter | None = None) -> int:
     """Poll forever, serve /metrics, stop cleanly on SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    opened = False
+
+    def on_signal() -> None:
+        stop.set()
+        if not opened and main is not None:
+            main.cancel()  # still waiting for the state database: nothing to finish
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     status = StatusBoard(__version__, trace_url=settings.status.trace_url)
     status.set_settings(SettingRow(row.name, row.value, row.source) for row in settings.resolved)
-    async with open_exporter(settings, spans, status) as exporter:
-        server = HttpServer(settings.metrics, exporter.metrics, exporter.ready, status)
-        url = await server.start()
-        log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": safe_url(settings.api.url)})
-        worker = asyncio.create_task(exporter.delivery.run(stop))
-        try:
-            await _poll_until(exporter, stop, status)
-        finally:
-            await _shut_down(exporter, worker, settings.poll.shutdown_grace)
-            await server.stop()
+    try:
+        async with open_exporter(settings, spans, status) as exporter:
+            opened = True
+            await _serve(exporter, stop, status)
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
     log.info("bem-exporter stopped")
     return 0
+
+
+async def _serve(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) -> None:
+    settings = exporter.settings
+    server = HttpServer(settings.metrics, exporter.metrics, exporter.ready, status)
+    url = await server.start()
+    log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": safe_url(settings.api.url)})
+    try:
+        if exporter.leadership.replicated:
+            await _replicate(exporter, stop, status)
+        else:
+            await _lead(exporter, stop, status)
+    finally:
+        await server.stop()
+
+
+async def _replicate(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) -> None:
+    """Stand by until this replica holds the lease, lead until it loses it, again until stopped."""
+    leadership = exporter.leadership
+    try:
+        while not stop.is_set():
+            epoch = await _stand_by(exporter, stop)
+            if epoch is None:
+                return
+            if not await _take_over(exporter, epoch):
+                continue
+            reason = await _lead(exporter, stop, status)
+            if reason is None:
+                return
+            leadership.step_down(reason)
+    finally:
+        await leadership.release()
+
+
+async def _stand_by(exporter: Exporter, stop: asyncio.Event) -> int | None:
+    """Serve the shared state's counts and campaign for the lease; its epoch, or None when
+    stopped first."""
+    interval = exporter.settings.poll.interval
+    lease = exporter.settings.state.lease
+    campaign = asyncio.create_task(exporter.leadership.campaign(min(interval, lease / 3)))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        while not campaign.done() and not stop.is_set():
+            await exporter.mirror.refresh()
+            await asyncio.wait({campaign, stopper}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not campaign.done():
+            campaign.cancel()
+    return campaign.result() if campaign.done() and not campaign.cancelled() else None
+
+
+async def _take_over(exporter: Exporter, epoch: int) -> bool:
+    """Load the state as it is now under the new lease; False (lease given back) if it
+    cannot be read."""
+    try:
+        await exporter.poller.reload()
+        await exporter.delivery.reload()
+    except (StateError, StateWriteError) as error:
+        log.warning("took the leader lease but cannot load the state; giving it back", extra={"error": str(error)})
+        await exporter.leadership.release()
+        return False
+    exporter.mirror.forget()
+    exporter.leadership.took_over(epoch)
+    return True
+
+
+async def _lead(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) -> str | None:
+    """Poll and deliver until stopped (None) or, with a lease, until it is lost (why)."""
+    term = asyncio.Event()
+    worker = asyncio.create_task(exporter.delivery.run(term))
+    polling = asyncio.create_task(_poll_until(exporter, stop, status))
+    lost = asyncio.create_task(exporter.leadership.lost()) if exporter.leadership.replicated else None
+    reason: str | None = None
+    try:
+        await asyncio.wait({polling} | ({lost} if lost else set()), return_when=asyncio.FIRST_COMPLETED)
+        if lost is not None and lost.done():
+            reason = lost.result()
+    finally:
+        term.set()
+        for task in (polling, lost):
+            if task is not None and not task.done():
+                task.cancel()  # lost: the cycle in progress could only be refused
+        await asyncio.gather(polling, *([lost] if lost else []), return_exceptions=True)
+        if reason is None:
+            await _shut_down(exporter, worker, exporter.settings.poll.shutdown_grace)
+        else:
+            await _cancel(worker)
+    return reason
 
 
 async def _poll_until(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) -> None:
@@ -46,25 +141,52 @@ async def _poll_until(exporter: Exporter, stop: asyncio.Event, status: StatusBoa
     while not stop.is_set():
         started = time.monotonic()
         cycle = asyncio.create_task(exporter.cycle())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({cycle, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if not cycle.done():
-            # Stop taking new pages; give the batch in progress the grace period to commit.
-            exporter.poller.stop()
-            done, _ = await asyncio.wait({cycle}, timeout=exporter.settings.poll.shutdown_grace)
-            if not done:
-                cycle.cancel()
-                log.warning("abandoned the poll cycle in progress; it is picked up after restart")
-                with contextlib.suppress(asyncio.CancelledError):
-                    await cycle
+        try:
+            if not await _finish_cycle(exporter, cycle, stop):
                 return
+        finally:
+            if not cycle.done():
+                cycle.cancel()  # this task was cancelled (the lease was lost): so is its cycle
+                await asyncio.gather(cycle, return_exceptions=True)
         _log_cycle_result(cycle)
         if not cycle.cancelled() and cycle.exception() is None:
             status.cycle_done(cycle.result())
+        if exporter.leadership.replicated and not exporter.poller.state_ok:
+            await _reload_after_failure(exporter)
         remaining = interval - (time.monotonic() - started)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=max(remaining, 0.0))
+
+
+async def _reload_after_failure(exporter: Exporter) -> None:
+    """After a failed write the shared state may hold a batch whose COMMIT broke on its way
+    back (the store then refuses commits until it was loaded again): continue from what it
+    holds. In-memory state only follows successful commits, so this changes nothing else."""
+    with contextlib.suppress(StateError, StateWriteError):  # the next cycle reports the fault
+        await exporter.poller.reload()
+        await exporter.delivery.reload()
+
+
+async def _finish_cycle(exporter: Exporter, cycle: asyncio.Task[CycleReport], stop: asyncio.Event) -> bool:
+    """Wait for `cycle`; on a stop, give the batch in progress the grace period to commit.
+    False when it was abandoned."""
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({cycle, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if cycle.done():
+        return True
+    # Stop taking new pages; give the batch in progress the grace period to commit.
+    exporter.poller.stop()
+    done, _ = await asyncio.wait({cycle}, timeout=exporter.settings.poll.shutdown_grace)
+    if done:
+        return True
+    cycle.cancel()
+    log.warning("abandoned the poll cycle in progress; it is picked up after restart")
+    with contextlib.suppress(asyncio.CancelledError):
+        await cycle
+    return False
 
 
 def _log_cycle_result(cycle: asyncio.Task[CycleReport]) -> None:
@@ -79,12 +201,16 @@ def _log_cycle_result(cycle: asyncio.Task[CycleReport]) -> None:
 
 
 async def _shut_down(exporter: Exporter, worker: asyncio.Task[None], grace: float) -> None:
-    worker.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await worker
+    await _cancel(worker)
     try:
         delivered = await asyncio.wait_for(exporter.delivery.deliver(refetch=False), timeout=grace)
     except TimeoutError:
         delivered = False
     if not delivered:
         log.warning("some spans were not delivered before exit; they are sent after restart")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

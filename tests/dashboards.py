@@ -58,6 +58,7 @@ GAUGES = (
     "bem_calls_oldest_in_progress_age_seconds",
     "bem_exporter_up",
     "bem_exporter_last_successful_poll_timestamp_seconds",
+    "bem_exporter_leader",
     "bem_exporter_tracked_calls",
     "bem_exporter_export_backlog_calls",
     "bem_exporter_build_info",
@@ -68,11 +69,6 @@ GAUGES = (
 )
 EXPORTED_METRICS = COUNTERS + HISTOGRAMS + GAUGES
 """The metric families bem-exporter exposes (docs/metrics.md, DESIGN.md section 1)."""
-
-AWAITED_METRICS = ("bem_exporter_leader",)
-"""DESIGN.md 1.1 metrics that shipped alerts read before exporter/ defines them (the leader
-gauge comes with the HA wiring of the poll loop): move each into GAUGES or COUNTERS when it
-lands, so that the check that the exporter defines it applies to it too."""
 
 PROMETHEUS_SERIES = ("up", "ALERTS")
 """Series Prometheus makes itself that the dashboards and alerts read."""
@@ -207,7 +203,7 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def known_series() -> set[str]:
     """Every series name a dashboard or rule may read."""
-    names = set(COUNTERS) | set(GAUGES) | set(AWAITED_METRICS) | set(PROMETHEUS_SERIES) | set(recording_rules())
+    names = set(COUNTERS) | set(GAUGES) | set(PROMETHEUS_SERIES) | set(recording_rules())
     for histogram in HISTOGRAMS:
         names |= {f"{histogram}_bucket", f"{histogram}_sum", f"{histogram}_count"}
     return names

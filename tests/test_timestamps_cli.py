@@ -96,9 +96,11 @@ def _total(exporter: ExporterProcess, name: str, **match: str) -> float:
 
 
 def test_out_of_range_finished_at_is_counted_never_observed_nor_persisted(tmp_path: Path) -> None:
-    simulator = Simulator(SimulatorConfig(prefill=120, history=1200.0, arrival_rate=0.0))
+    simulator = Simulator(SimulatorConfig(prefill=120, history=1200.0, arrival_rate=0.0, speed=20.0))
     state = tmp_path / "state.sqlite"
     with SimulatorServer(simulator) as upstream, rewriting_proxy(upstream) as url:
+        # A prefilled call may still be running: the truth is taken once every call finished.
+        wait_until(lambda: set(simulator.status_counts()) <= {"completed", "failed"}, 120, what="all finished")
         truth = finished_ids(simulator)
         damaged = {call_id for call_id in truth if _damage(call_id)}
         assert damaged and damaged != truth

@@ -364,5 +364,15 @@ class SelfMetrics:
         self._is_leader = is_leader
         self._leader.set(1 if is_leader else 0)
 
+    def start_as_standby(self) -> None:
+        """A replica of a shared state starts as a standby: leader 0, no transition counted."""
+        self._is_leader = False
+        self._leader.set(0)
+
+    def state_readable(self, ok: bool) -> None:
+        """On a standby, which does not poll, `bem_exporter_up` says whether it can read the
+        shared state it serves."""
+        self._up.set(1 if ok else 0)
+
     def fenced_commit(self) -> None:
         self._fenced_commits.inc()

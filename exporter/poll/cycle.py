@@ -85,10 +85,7 @@ class PollLoop:
         started = time.monotonic()
         report = CycleReport()
         self._batch.in_progress = {}
-        commits = self._batch.commits
         listed = await self._run_parts(report)
-        if self._batch.commits > commits:
-            self._state.ok()
         report.ok = listed and self.state_ok
         if report.ok:
             self._observer.in_progress(list(self._batch.in_progress.values()), self._clock())
@@ -99,6 +96,7 @@ class PollLoop:
     async def _run_parts(self, report: CycleReport) -> bool:
         """Run discovery, refresh and abandonment; whether discovery listed all it wanted to."""
         self._listing.cycle_started()
+        commits = self._batch.commits
         listed = False
         try:
             if not self._loaded:
@@ -110,10 +108,17 @@ class PollLoop:
         except ApiError as failure:
             report.error = str(failure)
             self._listing.cycle_ended(listed, failure)
+            self._writable_if_committed(commits)
             return listed
         except (StateError, StateWriteError) as failure:
+            # Not "recovered" by a commit earlier in this cycle: the state failed last.
             report.error = f"state write failing: {failure}"
             self._state.failing(str(failure), level=logging.ERROR)
             return listed
         self._listing.cycle_ended(True, None)
+        self._writable_if_committed(commits)
         return True
+
+    def _writable_if_committed(self, commits_before: int) -> None:
+        if self._batch.commits > commits_before:
+            self._state.ok()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ratebench  # bench/ratebench.py
 import scrape  # bench/scrape.py: this directory is on sys.path when run as a script
 import state  # bench/state.py
 
@@ -406,6 +407,17 @@ def state_rows(figures: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     return rows
 
 
+def rate_rows(cases: list[dict[str, Any]] | None) -> list[tuple[str, str, str]]:
+    return [
+        (f"adaptive rate vs {case['limit_rps']:g} req/s limit, {'with' if case['retry_after'] else 'no'} Retry-After",
+         f"{case['share_of_limit']:.0%} of limit, {case['share_429']:.1%} 429s",
+         f"{case['calls']:,} calls backfilled in {fmt(case['backfill_s'])} s; "
+         f"goals >= {ratebench.SHARE_GOAL:.0%}, <= {ratebench.SHARE_429_GOAL:.0%}")
+        for case in cases or []
+        if case["share_of_limit"] is not None
+    ]  # fmt: skip
+
+
 def table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str]] = []
     main = result.get("throughput")
@@ -464,6 +476,7 @@ def table(result: dict[str, Any]) -> str:
     rows += scrape_rows(result.get("scrape"))
     rows += scrape_rows(result.get("scrape_reference"), " [prometheus_client render]")
     rows += state_rows(result.get("state"))
+    rows += rate_rows(result.get("adaptive_rate"))
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [f"{'figure':<{width}}  {'value':<{value_width}}  notes", "-" * (width + value_width + 40)]
@@ -503,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         "--state-commits", type=int, help="state engines: commits per engine and shape (400; --quick 100; 0 skips)"
     )
     parser.add_argument("--state-calls", type=int, help="state engines: calls of each CPU run (3000; --quick 1000)")
+    parser.add_argument(
+        "--adaptive-rate",
+        type=float,
+        action="append",
+        metavar="LIMIT",
+        help="also backfill 5,000 calls against this simulator limit (req/s; repeatable), with and without "
+        "Retry-After: long (5 req/s takes about 17 min per mode)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
     parser.add_argument("--name", help="results file name (default: full, quick)")
@@ -601,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             result["state"] = state.run(state_commits)
             print(f"[bench] state engines: CPU per function call, {state_calls:,} calls on each", file=sys.stderr)
             result["state"]["cpu"] = state_cpu(state_calls, args.seed + 4, workdir)
+        if args.adaptive_rate:
+            result["adaptive_rate"] = ratebench.run(args.adaptive_rate, [True, False], 5000, 0.2, args.seed)
     result["targets"] = verdicts(result)
     text = table(result)
     result["table"] = text

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from exporter import __version__
@@ -27,10 +27,11 @@ from exporter.metrics.observer import SelfMetrics
 from exporter.mirror import StandbyMirror
 from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
+from exporter.poll.progress import Listener, Progress
 from exporter.state import StateStore, StateWriteError
 from exporter.state.postgres import PostgresStore
 from exporter.state.sqlite import SqliteStore
-from exporter.status import StatusBoard
+from exporter.status import BackfillProgress, StatusBoard
 from exporter.traces import build_span_exporter
 
 log = logging.getLogger("exporter")
@@ -84,6 +85,7 @@ async def open_exporter(
     settings: Settings,
     spans: SpanExporter | None = None,
     status: StatusBoard | None = None,
+    progress: Sequence[Listener] = (),
 ) -> AsyncIterator[Exporter]:
     metrics = Metrics(settings.metrics, __version__, max_series_per_family=settings.metrics.max_series_per_metric)
     opened, leadership = await open_state(settings, metrics.observer, status)
@@ -105,6 +107,7 @@ async def open_exporter(
             if canary is not None:
                 recorders[RECORDER] = canary  # judged in the transaction of the batch that finishes its call
                 metrics.live_registry.register(canary)  # a few series: rendered per scrape, always current
+            listeners = (*progress_listeners(metrics.observer, status), *progress)
             poller = PollLoop(
                 client,
                 state,
@@ -114,6 +117,7 @@ async def open_exporter(
                 settings.poll,
                 settings.api.workflows,
                 api_host=api_host(settings.api.url),
+                progress=listeners,
             )
             if not leadership.replicated:
                 # A replica loads the state when it takes the lease, not before.
@@ -192,8 +196,26 @@ def client_hooks(observer: SelfMetrics) -> ClientHooks:
             observer.rejected_record(what)
 
     return ClientHooks(
-        request=request, rejected=rejected, too_large=observer.response_too_large, throttled=observer.api_throttled
+        request=request,
+        rejected=rejected,
+        too_large=observer.response_too_large,
+        throttled=observer.api_throttled,
+        throttle_cleared=observer.throttle_cleared,
+        rate=observer.api_rate_limit,
     )
+
+
+def progress_listeners(observer: SelfMetrics, status: StatusBoard | None) -> list[Listener]:
+    """Where backfill and catch-up progress goes: the remaining-calls gauge, and /status."""
+
+    def remaining(progress: Progress) -> None:
+        observer.backfill_remaining(progress.remaining or 0)
+
+    def board(progress: Progress) -> None:
+        if status is not None and progress.kind == "backfill":
+            status.set_backfill(BackfillProgress(progress.target, progress.reached, progress.calls, progress.done))
+
+    return [remaining, board]
 
 
 def log_cycle(report: CycleReport) -> None:

@@ -139,6 +139,15 @@ def _simulator_flags(command: argparse.ArgumentParser) -> None:
         metavar="STATUS",
         help="answer canary create requests with this HTTP status (default: accept them)",
     )
+    command.add_argument(
+        "--rate-limit", type=float, metavar="RPS", help="requests per second each API key may make (default: no limit)"
+    )
+    command.add_argument(
+        "--rate-limit-burst", type=float, default=1.0, metavar="N", help="requests allowed at once (default 1)"
+    )
+    command.add_argument(
+        "--no-retry-after", action="store_true", help="answer rate-limit 429s without Retry-After (default: with)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,7 +223,13 @@ def _simulate(args: argparse.Namespace) -> int:
         latency=args.latency,
         failure_rate=args.failure_rate,
         api_key=None if args.no_auth else args.api_key,
-        faults=Faults(canary_outcome=args.canary_outcome, canary_reject=args.canary_reject),
+        faults=Faults(
+            canary_outcome=args.canary_outcome,
+            canary_reject=args.canary_reject,
+            rate_limit=args.rate_limit,
+            rate_limit_burst=args.rate_limit_burst,
+            rate_limit_retry_after=not args.no_retry_after,
+        ),
     )
     try:
         config.validate()

@@ -9,11 +9,13 @@ the wait on the trace backend included.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 from exporter.app import Exporter, log_cycle, open_exporter
 from exporter.config import Settings
 from exporter.pipeline import CycleReport
+from exporter.poll.progress import ProgressBar
 
 CAMPAIGN_INTERVAL = 0.5
 """Seconds between tries for the leader lease while `once` waits for it (shared state)."""
@@ -22,7 +24,9 @@ CAMPAIGN_INTERVAL = 0.5
 async def once(settings: Settings) -> int:
     """One full cycle, delivery included; a one-line summary on stdout."""
     started = time.monotonic()
-    async with open_exporter(settings) as exporter:
+    # A bar only for a person watching: logs and pipes get the progress log lines alone.
+    bar = ProgressBar() if sys.stderr.isatty() else None
+    async with open_exporter(settings, progress=[bar] if bar is not None else []) as exporter:
         if exporter.leadership.replicated and not await _lead(exporter):
             print(
                 "failed: another replica holds the leader lease (BEM_STATE_URL); "
@@ -30,7 +34,7 @@ async def once(settings: Settings) -> int:
             )
             return 1
         try:
-            return await _cycle(exporter, started)
+            return await _cycle(exporter, started, bar)
         finally:
             await exporter.leadership.release()
 
@@ -49,11 +53,15 @@ async def _lead(exporter: Exporter) -> bool:
     return True
 
 
-async def _cycle(exporter: Exporter, started: float) -> int:
+async def _cycle(exporter: Exporter, started: float, bar: ProgressBar | None) -> int:
     left_before = await exporter.state.count_unexported()
     await exporter.delivery.deliver()
     earlier = left_before - await exporter.state.count_unexported()
-    report = await exporter.cycle()
+    try:
+        report = await exporter.cycle()
+    finally:
+        if bar is not None:
+            bar.close()
     log_cycle(report)
     await exporter.delivery.deliver()
     waiting = await exporter.state.count_unexported()

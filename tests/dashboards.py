@@ -64,6 +64,8 @@ GAUGES = (
     "bem_exporter_build_info",
     "bem_canary_success",
     "bem_canary_last_success_timestamp_seconds",
+    "bem_exporter_api_rate_limit",
+    "bem_exporter_backfill_remaining_calls",
 )
 EXPORTED_METRICS = COUNTERS + HISTOGRAMS + GAUGES
 """The metric families bem-exporter exposes (docs/metrics.md, DESIGN.md section 1)."""

@@ -4,11 +4,19 @@ driven by a clock the test moves."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
 
 import pytest
+from conftest import SIM_KEY
 
+from exporter.app import client_hooks
+from exporter.bem.client import BemClient, ClientHooks, ListQuery
 from exporter.bem.ratelimit import FLOOR_RATE, INITIAL_RATE, AdaptiveRate, Ticket
+from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.bem.simulator.ratelimit import KeyedLimits, TokenBucket, retry_after_header
+from exporter.config import MetricsSettings
+from exporter.metrics import Metrics
 
 
 class Clock:
@@ -63,15 +71,35 @@ def test_a_throttle_cuts_once_for_requests_already_in_flight() -> None:
     assert rate.rate == pytest.approx(50.0 * 0.85 * 0.85)
 
 
-def test_after_a_throttle_growth_is_gentle() -> None:
+def test_after_a_throttle_the_rate_returns_near_it_then_grows_gently() -> None:
     clock = Clock()
     rate = AdaptiveRate(100.0, initial=20.0, clock=clock)
     rate.throttled(paced(clock.now), retry_after=None)
     after_cut = rate.rate
-    for _ in range(20):  # about one second of requests
-        clock.now += 0.05
-        rate.succeeded(paced(clock.now), latency=0.01)
-    assert after_cut < rate.rate < after_cut * 1.05
+    assert after_cut == pytest.approx(17.0)
+
+    def one_second() -> None:
+        for _ in range(int(rate.rate)):
+            clock.now += 1.0 / rate.rate
+            rate.succeeded(paced(clock.now), latency=0.01)
+
+    one_second()
+    assert after_cut * 1.03 < rate.rate < 20.0  # back towards where the 429 came, not past it
+    for _ in range(4):
+        one_second()
+    assert 19.0 < rate.rate < 20.0  # lingering just below
+    seconds = 0
+    while rate.rate < 20.0 and seconds < 60:
+        one_second()
+        seconds += 1
+    before = rate.rate
+    one_second()
+    assert before < rate.rate < before * 1.03  # then probing past it: gently at first,
+    for _ in range(10):
+        one_second()
+    before = rate.rate
+    one_second()
+    assert rate.rate > before * 1.05  # faster the longer no 429 comes (a raised limit)
 
 
 def test_retry_after_pauses_every_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,3 +149,162 @@ def test_limits_are_per_key() -> None:
     assert limits.take("a") is None
     assert limits.take("a") is not None
     assert limits.take("b") is None
+
+
+# -- the client's adaptive rate against the simulator's limit, over real HTTP ------------------
+
+
+class Seen:
+    """What the client reported through its hooks, with when (the simulator's clock)."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.throttles: list[tuple[float, float]] = []
+        self.cleared: list[float] = []
+
+    def hooks(self) -> ClientHooks:
+        return ClientHooks(
+            rate=self.rates.append,
+            throttled=lambda wait: self.throttles.append((time.monotonic(), wait)),
+            throttle_cleared=lambda: self.cleared.append(time.monotonic()),
+        )
+
+
+def fetch_traces(url: str, count: int, max_rps: float, seen: Seen, concurrency: int = 8) -> int:
+    """Fetch `count` traces (call ids listed first), all at once; how many came back."""
+
+    async def run() -> int:
+        async with BemClient(
+            url, SIM_KEY, "v3", timeout=10, max_concurrency=concurrency, max_rps=max_rps, hooks=seen.hooks()
+        ) as client:
+            page = await client.list_calls(ListQuery(limit=100))
+            ids = [call.call_id for call in page.calls]
+            traces = await asyncio.gather(*(client.get_trace(ids[i % len(ids)]) for i in range(count)))
+            return len(traces)
+
+    return asyncio.run(run())
+
+
+def most_in_one_second(starts: list[float]) -> int:
+    ordered, peak, first = sorted(starts), 0, 0
+    for last, moment in enumerate(ordered):
+        while moment - ordered[first] >= 1.0:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak
+
+
+def served(simulator: Simulator, status: int) -> int:
+    return sum(n for (_, code), n in simulator.responses.items() if code == status)
+
+
+@pytest.fixture
+def limited() -> Iterator[tuple[Simulator, str]]:
+    simulator = Simulator(SimulatorConfig(prefill=100, history=600.0, arrival_rate=0.0, speed=1000.0))
+    with SimulatorServer(simulator) as url:
+        yield simulator, url
+
+
+def test_the_rate_never_exceeds_the_ceiling(limited: tuple[Simulator, str]) -> None:
+    simulator, url = limited  # no limit at the simulator: only the ceiling holds the client back
+    seen = Seen()
+    assert fetch_traces(url, 150, max_rps=12.0, seen=seen) == 150
+    # Starts are paced 1/12 s apart; one more may share a second through arrival jitter.
+    assert most_in_one_second(list(simulator.request_starts)) <= 13
+    assert max(seen.rates) == 12.0
+    assert served(simulator, 429) == 0
+
+
+def test_a_429_cuts_the_rate_and_every_call_still_comes_back(limited: tuple[Simulator, str]) -> None:
+    simulator, url = limited
+    simulator.config.faults.rate_limit = 20.0
+    simulator.config.faults.rate_limit_retry_after = False
+    seen = Seen()
+    assert fetch_traces(url, 150, max_rps=200.0, seen=seen) == 150
+    assert served(simulator, 429) > 0
+    peak = seen.rates.index(max(seen.rates))
+    assert min(seen.rates[peak:]) < max(seen.rates) * 0.9  # cut after the peak
+    assert seen.throttles == []  # no Retry-After, no throttle wait reported
+
+
+def test_retry_after_pauses_every_request_start(limited: tuple[Simulator, str]) -> None:
+    simulator, url = limited
+    simulator.config.faults.rate_limit = 20.0
+    simulator.config.faults.rate_limit_burst = 5.0
+    seen = Seen()
+    concurrency = 4
+    assert fetch_traces(url, 120, max_rps=200.0, seen=seen, concurrency=concurrency) == 120
+    assert served(simulator, 429) > 0
+    assert seen.throttles
+    starts = list(simulator.request_starts)
+    for moment, wait in seen.throttles:
+        assert wait == 1.0  # the simulator's Retry-After: whole seconds, rounded up
+        during = [start for start in starts if moment < start < moment + wait * 0.9]
+        # Only requests already on their way when the 429 came may arrive within the pause.
+        assert len(during) < concurrency
+    # The throttle gauge is cleared by the first start after each pause.
+    assert len(seen.cleared) >= 1
+    assert all(any(cleared >= moment for cleared in seen.cleared) for moment, _ in seen.throttles)
+
+
+def test_the_rate_recovers_once_the_limit_is_lifted(limited: tuple[Simulator, str]) -> None:
+    simulator, url = limited
+    simulator.config.faults.rate_limit = 10.0
+    simulator.config.faults.rate_limit_retry_after = False
+    seen = Seen()
+
+    async def run() -> None:
+        async with BemClient(url, SIM_KEY, "v3", timeout=10, max_concurrency=8, max_rps=60.0, hooks=seen.hooks()) as c:
+            ids = [call.call_id for call in (await c.list_calls(ListQuery(limit=100))).calls]
+            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(100)))
+            throttled = served(simulator, 429)
+            assert throttled > 0
+            cut = seen.rates[-1]
+            simulator.config.faults.rate_limit = None
+            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(400)))
+            assert served(simulator, 429) == throttled
+            assert seen.rates[-1] > cut * 1.5
+
+    asyncio.run(run())
+
+
+def test_the_rate_and_throttle_reach_the_self_metrics(limited: tuple[Simulator, str]) -> None:
+    simulator, url = limited
+    simulator.config.faults.rate_limit = 20.0
+    simulator.config.faults.rate_limit_burst = 5.0
+    metrics = Metrics(MetricsSettings(), "test")
+    registry = metrics.live_registry
+
+    async def run() -> None:
+        hooks = client_hooks(metrics.observer)
+        async with BemClient(url, SIM_KEY, "v3", timeout=10, max_concurrency=4, max_rps=200.0, hooks=hooks) as c:
+            ids = [call.call_id for call in (await c.list_calls(ListQuery(limit=100))).calls]
+            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(100)))
+            rate = registry.get_sample_value("bem_exporter_api_rate_limit")
+            assert rate is not None and 0 < rate <= 200.0
+            assert (registry.get_sample_value("bem_exporter_api_throttled_total") or 0) > 0
+            await c.get_trace(ids[0])  # a start after the last pause clears the throttle
+            assert registry.get_sample_value("bem_exporter_api_throttle_seconds") == 0
+
+    asyncio.run(run())
+
+
+def test_a_pause_that_begins_while_a_request_waits_moves_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    rate = AdaptiveRate(100.0, initial=1.0, clock=clock)
+    slept: list[float] = []
+
+    async def sleep_and_throttle(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+        if len(slept) == 1:  # a 429 with Retry-After arrives while the second request waits
+            rate.throttled(paced(clock.now - 2.0), retry_after=5.0)
+
+    async def two_turns() -> tuple[Ticket, Ticket]:
+        return await rate.acquire(), await rate.acquire()
+
+    monkeypatch.setattr(asyncio, "sleep", sleep_and_throttle)
+    first, second = asyncio.run(two_turns())
+    assert not first.paced
+    assert second.paced
+    assert second.start == pytest.approx(first.start + 1.0 + 5.0)  # its turn, then the whole pause

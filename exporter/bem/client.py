@@ -1,6 +1,7 @@
 """Async client of bem's Calls API (v3, and v2 for legacy accounts), over httpx.
 
-Every request goes through one place (`_request`) that applies the concurrency and rate limits,
+Every request goes through one place (`_request`) that applies the concurrency limit and the
+adaptive request rate (`exporter.bem.ratelimit`, told of each 429 and success),
 bounds the whole request (connect, headers and body) by one timeout and the body by a size
 limit, retries connect errors, timeouts, 429, 5xx and malformed bodies with the exporter's one
 backoff (honouring `Retry-After`, capped), and reports each attempt through the hooks it is
@@ -37,6 +38,7 @@ from exporter.bem.create import (
 )
 from exporter.bem.decode import CallPage, DecodeError, decode_call_page, decode_trace, decode_v2_trace
 from exporter.bem.models import Trace
+from exporter.bem.ratelimit import AdaptiveRate, Ticket
 from exporter.bem.transport import AsyncioTransport
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,10 @@ class ClientHooks:
     """A response past the size limit: the endpoint template."""
     throttled: Callable[[float], None] = _nothing
     """A wait the API imposed with `Retry-After`, seconds (after the cap)."""
+    throttle_cleared: Callable[[], None] = _nothing
+    """The first request start after that wait: the API is no longer throttling."""
+    rate: Callable[[float], None] = _nothing
+    """The request rate now allowed (requests per second), each time it changes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,23 +119,6 @@ class ListQuery:
         if self.starting_after:
             params["startingAfter"] = self.starting_after
         return params
-
-
-class RateLimiter:
-    """At most `rate` request starts per second, smoothed (a token bucket of one)."""
-
-    def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            wait = self._next - now
-            self._next = max(now, self._next) + self._interval
-        if wait > 0:
-            await asyncio.sleep(wait)
 
 
 class _TooLargeError(Exception):
@@ -194,7 +183,9 @@ class BemClient:
         self._retry_after_cap = retry_after_cap
         self._hooks = hooks or ClientHooks()
         self._limit = asyncio.Semaphore(max_concurrency)
-        self._rate = RateLimiter(max_rps)
+        self._rate = AdaptiveRate(max_rps)
+        self._shown_rate = 0.0
+        self._throttle_shown = False
         headers = {"user-agent": f"bem-exporter/{__version__}", "accept": "application/json"}
         if api_key is not None:
             headers["x-api-key"] = api_key
@@ -281,8 +272,9 @@ class BemClient:
         for attempt in range(1, max_attempts + 1):
             last = attempt == max_attempts
             async with self._limit:
-                await self._rate.acquire()
+                ticket = await self._start()
                 answer = await self._attempt(call, last, attempt)
+                self._pace(ticket, answer)
             if answer is not None:
                 result = self._decoded(call, answer, decode, last, attempt)
                 if result is not None:
@@ -290,6 +282,27 @@ class BemClient:
             # Sleep outside the concurrency slot so other requests can go on meanwhile.
             await asyncio.sleep(self._wait(answer, backoff))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _start(self) -> Ticket:
+        """Wait for the adaptive rate to let a request start."""
+        ticket = await self._rate.acquire()
+        if self._throttle_shown and self._rate.paused_for == 0:
+            self._throttle_shown = False
+            self._hooks.throttle_cleared()
+        return ticket
+
+    def _pace(self, ticket: Ticket, answer: _Answer | None) -> None:
+        """Tell the adaptive rate how the request started at `ticket` went. Only a 429 and a
+        success say something about the rate; a 5xx or a dropped connection is no overload
+        signal bem is known to send."""
+        if answer is not None and answer.status == 429:
+            asked = retry_after_seconds(answer.retry_after)
+            self._rate.throttled(ticket, None if asked is None else min(asked, self._retry_after_cap))
+        elif answer is not None and 200 <= answer.status < 300:
+            self._rate.succeeded(ticket, time.monotonic() - ticket.start)
+        if self._rate.rate != self._shown_rate:
+            self._shown_rate = self._rate.rate
+            self._hooks.rate(self._shown_rate)
 
     async def _attempt(self, call: _Call, last: bool, attempt: int) -> _Answer | None:
         """One request: its answer, or None after a transport failure worth another try."""
@@ -373,6 +386,7 @@ class BemClient:
                 extra={"retry_after": round(asked, 1), "waiting": round(wait, 1), "cap": self._retry_after_cap},
             )
         self._hooks.throttled(wait)
+        self._throttle_shown = True
         return wait
 
 

@@ -31,9 +31,10 @@ class DecodeError(Exception):
 
 
 class _ListEnvelope(msgspec.Struct):
-    # Only what is used is declared: a field the exporter does not need (`totalCount`,
-    # `error`) cannot make a page of good records undecodable by having the wrong type.
+    # Only what is used is declared, and `totalCount` raw: a field of the wrong type cannot
+    # make a page of good records undecodable.
     calls: list[msgspec.Raw] = []
+    totalCount: msgspec.Raw = msgspec.Raw(b"null")
 
 
 _NULL = msgspec.Raw(b"null")
@@ -69,6 +70,8 @@ class CallPage:
     """Every record's `callID` in listing order; None where even the id is unreadable."""
     rejected_ids: list[str]
     """Ids of records that did not decode but have a readable `callID` (re-read later)."""
+    total_count: int | None = None
+    """The listing's `totalCount` (every call the filter matches), when it is a count."""
 
     @property
     def size(self) -> int:
@@ -106,6 +109,7 @@ class _IdOnly(msgspec.Struct):
 
 
 _id_only = msgspec.json.Decoder(_IdOnly, strict=False)
+_json_value = msgspec.json.Decoder()
 
 
 T = TypeVar("T")
@@ -209,7 +213,15 @@ def decode_call_page(body: bytes) -> CallPage:
             continue
         calls.append(call)
         ids.append(call.call_id)
-    return CallPage(calls=calls, ids=ids, rejected_ids=rejected_ids)
+    return CallPage(calls=calls, ids=ids, rejected_ids=rejected_ids, total_count=_count(envelope.totalCount))
+
+
+def _count(raw: msgspec.Raw) -> int | None:
+    try:
+        value = _json_value.decode(raw)
+    except _INVALID:
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _call_id(raw: msgspec.Raw) -> str | None:

@@ -69,7 +69,7 @@ class ApiSettings:
     key: Secret | None = None
     workflows: tuple[str, ...] = ()
     max_concurrency: int = 16
-    max_rps: float = 50.0
+    max_rps: float = 200.0
     timeout: float = 30.0
     max_response_bytes: int = 64 * MiB
     """Bound on the decoded size of one API response body (gzip included)."""

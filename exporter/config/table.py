@@ -141,7 +141,8 @@ MAX_CONCURRENCY = Setting(
 )
 MAX_RPS = Setting(
     env="BEM_MAX_RPS", key="max_rps", section="api", metavar="N", parse=parse.positive_float,
-    default="50", help="API requests started per second",
+    default="200", help="ceiling of API requests started per second: the rate itself adapts, starting at 5/s, "
+    "rising while bem answers, cut on 429 (honouring Retry-After) and on rising latency",
 )
 MAX_RESPONSE_BYTES = Setting(
     env="BEM_MAX_RESPONSE_BYTES", key="max_response_bytes", section="api", metavar="SIZE", parse=parse.parse_size,

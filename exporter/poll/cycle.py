@@ -20,6 +20,7 @@ from exporter.poll.batch import Batch
 from exporter.poll.discovery import Discovery
 from exporter.poll.listing import Listing
 from exporter.poll.position import Position
+from exporter.poll.progress import Listener
 from exporter.poll.refresh import Refresh
 from exporter.poll.traces import ApiTraces
 from exporter.state.store import StateError, StateStore, StateWriteError
@@ -40,6 +41,7 @@ class PollLoop:
         *,
         clock: Callable[[], float] = time.time,
         api_host: str | None = None,
+        progress: Sequence[Listener] = (),
     ) -> None:
         self._store = store
         self._recorders = recorders
@@ -47,7 +49,7 @@ class PollLoop:
         self._clock = clock
         self._listing = Listing(client, clock, api_host)
         self._batch = Batch(store, recorders, ApiTraces(client), handoff, Position())
-        self._discovery = Discovery(self._listing, self._batch, store, settings, workflows, clock)
+        self._discovery = Discovery(self._listing, self._batch, store, settings, workflows, clock, progress)
         self._refresh = Refresh(client, self._batch, observer, settings, clock)
         self._state = HealthLog(log, "state write")
         self._loaded = False

@@ -4,7 +4,8 @@ The cursor is a call id used only as a position, never compared; a small overlap
 re-read each cycle, so a call that becomes visible late, just behind the cursor, is still
 found. With no cursor (first start, or the cursor's call is gone) a backfill scans newest to
 oldest down to `BEM_LOOKBACK`; its progress is committed with each page, so a crash
-mid-backfill resumes where it stopped. Each page is one batch.
+mid-backfill resumes where it stopped. Each page is one batch. A backfill, and a catch-up of
+more than one page, report how far they are (`exporter.poll.progress`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from exporter.config import PollSettings
 from exporter.pipeline import CycleReport
 from exporter.poll.batch import Batch, Sighting
 from exporter.poll.listing import Listing
+from exporter.poll.progress import Listener, Tracker
 from exporter.state.store import Backfill, Changes, StateStore
 
 log = logging.getLogger("exporter.poll")
@@ -43,8 +45,10 @@ class Discovery:
         settings: PollSettings,
         workflows: Sequence[str],
         clock: Callable[[], float],
+        progress: Sequence[Listener] = (),
     ) -> None:
         self._listing = listing
+        self._progress = tuple(progress)
         self._batch = batch
         self._store = store
         self._settings = settings
@@ -69,6 +73,7 @@ class Discovery:
         """Newest to oldest down to `backfill.until`, each page a durable step. `ring`: the
         cursor to keep, or empty to start forward discovery from the newest call listed."""
         query = ListQuery(sort_order="desc", workflow_names=self._workflows)
+        tracker = Tracker("backfill", backfill.until, self._progress)
         after = backfill.after
         page = await self._listing.page(replace(query, starting_after=after))
         # Forward discovery continues from the newest call the backfill saw.
@@ -94,6 +99,7 @@ class Discovery:
                 if upcoming is not None:
                     upcoming.cancel()  # the cycle ends here; the next one lists this page again
                 raise
+            tracker.page(in_window, page.total_count, done)
             if upcoming is None:
                 return
             page = await upcoming
@@ -107,6 +113,7 @@ class Discovery:
         ring = list(self._batch.position.cursor)
         if not ring:
             return  # nothing listed yet: the backfill looks again next cycle
+        tracker: Tracker | None = None
         while True:
             page, ring = await self._page_after(ring)
             if page is None:  # the cursor's calls are all gone
@@ -120,7 +127,12 @@ class Discovery:
             report.rejected_records += page.rejected
             changes = Changes(cursor=list(new_ring), tracked=await self._rejected_to_retry(page, seen))
             await self._take(fresh, changes, report, hold, seen)
-            if hold is not None or page.size < MAX_PAGE_SIZE or self.stopping or new_ring == ring:
+            last = hold is not None or page.size < MAX_PAGE_SIZE or self.stopping or new_ring == ring
+            if tracker is None and not last:  # more than a page behind: a catch-up worth showing
+                tracker = Tracker("catch-up", self._clock(), self._progress)
+            if tracker is not None:
+                tracker.page(fresh, None, last)
+            if last:
                 return
             ring = new_ring
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from typing import Any
 
 import msgspec
@@ -22,10 +23,12 @@ from .create import (
 from .faults import FaultInjector, format_seconds
 from .model import Simulator, UnknownTargetError
 from .query import QueryError, parse_list_query
+from .ratelimit import RateLimitKnob, retry_after_header
 
 SIMULATOR = web.AppKey("simulator", Simulator)
 INJECTOR = web.AppKey("fault_injector", FaultInjector)
 PREFIX = web.AppKey("prefix", str)
+RATE_LIMIT = web.AppKey("rate_limit", RateLimitKnob)
 
 WAIT_LIMIT_SECONDS = 30.0
 """`POST /v3/workflows/{name}/call?wait=true` blocks at most this long."""
@@ -93,8 +96,13 @@ async def _pipeline(request: web.Request, handler: Any) -> web.StreamResponse:
     faults = config.faults
     endpoint = _endpoint(request, app[PREFIX])
     sim.requests[endpoint] += 1
+    sim.request_starts.append(time.monotonic())
     if faults.down:
         return _drop(request, sim, endpoint)
+    limited = _rate_limited(request, faults)
+    if limited is not None:
+        sim.responses[(endpoint, 429)] += 1
+        return limited
     injector = app[INJECTOR]
     decision = injector.decide(faults)
     delay = config.latency + decision.delay
@@ -117,6 +125,17 @@ async def _pipeline(request: web.Request, handler: Any) -> web.StreamResponse:
         if isinstance(body, bytes) and body:
             response.body = injector.truncate(body)
     sim.responses[(endpoint, response.status)] += 1
+    return response
+
+
+def _rate_limited(request: web.Request, faults: Faults) -> web.Response | None:
+    """The 429 of a request past its key's token bucket, or None when it may go on."""
+    wait = request.app[RATE_LIMIT].take(faults.rate_limit, faults.rate_limit_burst, request.headers.get("x-api-key"))
+    if wait is None:
+        return None
+    response = error_response(429, _FAULT_MESSAGES[429])
+    if faults.rate_limit_retry_after:
+        response.headers["Retry-After"] = retry_after_header(wait)
     return response
 
 
@@ -327,6 +346,7 @@ def create_app(simulator: Simulator, *, prefix: str = "", injector: FaultInjecto
     app[SIMULATOR] = simulator
     app[INJECTOR] = injector or FaultInjector(simulator.config.seed)
     app[PREFIX] = prefix
+    app[RATE_LIMIT] = RateLimitKnob()
     app.router.add_get(prefix + "/v3/calls", list_calls_v3, allow_head=False)
     app.router.add_get(prefix + "/v3/calls/{callID}", get_call_v3, allow_head=False)
     app.router.add_get(prefix + "/v3/calls/{callID}/trace", get_trace_v3, allow_head=False)

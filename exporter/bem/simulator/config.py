@@ -52,6 +52,13 @@ class Faults:
     """When set, create requests for canary calls are answered with this status (e.g. 500,
     429, 401) and an error body, and nothing is created."""
     canary_prefix: str = CANARY_PREFIX
+    rate_limit: float | None = None
+    """When set, requests per second each API key may make (a token bucket, as an API that
+    publishes no limits has); a request past it is answered 429."""
+    rate_limit_burst: float = 1.0
+    """Requests a key may make at once after a quiet spell (the bucket's size, >= 1)."""
+    rate_limit_retry_after: bool = True
+    """Whether a rate-limit 429 says, in `Retry-After`, when the next request would pass."""
 
     def validate(self) -> None:
         """Raise ValueError for a rate outside 0..1 or a negative duration."""
@@ -64,6 +71,10 @@ class Faults:
             raise ValueError(f"canary_reject must be an HTTP error status (400..599), got {self.canary_reject!r}")
         if self.retry_after is not None:
             _check_non_negative("retry_after", self.retry_after)
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError(f"rate_limit must be > 0, got {self.rate_limit!r}")
+        if self.rate_limit_burst < 1:
+            raise ValueError(f"rate_limit_burst must be >= 1, got {self.rate_limit_burst!r}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import heapq
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
+REQUEST_STARTS_KEPT = 200_000
+"""Arrival times the simulator keeps (a few minutes at the highest rates benchmarked)."""
 _COUNTABLE = frozenset({"statuses", "workflow_names", "workflow_ids", "call_types", "function_names", "function_ids"})
 """Filters whose totalCount comes from the per-group counters instead of a scan."""
 _KEYED = ("call_types", "workflow_names", "workflow_ids", "function_names", "function_ids")
@@ -100,6 +102,8 @@ class Simulator:
         """API requests received per endpoint (e.g. `GET /v3/calls`), faulted ones included."""
         self.responses: Counter[tuple[str, int]] = Counter()
         """Responses per (endpoint, HTTP status); status 0 = connection dropped (`Faults.down`)."""
+        self.request_starts: deque[float] = deque(maxlen=REQUEST_STARTS_KEPT)
+        """Monotonic arrival times of the latest requests (to count requests per second)."""
         self.plans_built = 0
 
         began = time.perf_counter()

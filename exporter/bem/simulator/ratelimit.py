@@ -45,6 +45,25 @@ class KeyedLimits:
         return bucket.take()
 
 
+class RateLimitKnob:
+    """The limits `Faults.rate_limit` asks for now: rebuilt (every bucket full) when a test
+    or the demo turns the knob while the server runs."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._shape: tuple[float, float] | None = None
+        self._limits: KeyedLimits | None = None
+
+    def take(self, rate: float | None, burst: float, key: str | None) -> float | None:
+        """None when the request may go on (or no limit is set); else seconds until it would."""
+        if rate is None:
+            return None
+        if self._limits is None or self._shape != (rate, burst):
+            self._shape = (rate, burst)
+            self._limits = KeyedLimits(rate, burst, self._clock)
+        return self._limits.take(key)
+
+
 def retry_after_header(wait: float) -> str:
     """Whole seconds, rounded up, as HTTP's delta-seconds form requires."""
     return str(max(1, math.ceil(wait)))

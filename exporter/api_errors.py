@@ -7,7 +7,6 @@ name that does not resolve, an answer that is malformed or too large, or no answ
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 from typing import Literal
 from urllib.parse import urlsplit
@@ -15,9 +14,6 @@ from urllib.parse import urlsplit
 from exporter.bem.client import ApiError
 
 Cause = Literal["key_rejected", "unresolved_host", "unreachable", "malformed", "too_large", "rejected"]
-
-_ONE_ATTEMPT = re.compile(r"\(after 1 attempts\)")
-
 
 def cause_of(error: ApiError, *, host_resolves: bool = True) -> Cause:
     if error.kind == "rejected" and error.status in (401, 403):
@@ -34,8 +30,7 @@ def describe(error: ApiError, host: str | None = None, *, host_resolves: bool = 
         return f"the API key was rejected (HTTP {error.status}); check BEM_API_KEY or BEM_API_KEY_FILE"
     if cause == "unresolved_host":
         return f"the host name {host!r} does not resolve; check BEM_API_URL"
-    # The client counts attempts with a plural either way.
-    return _ONE_ATTEMPT.sub("(after 1 attempt)", str(error))
+    return str(error)
 
 
 def api_host(url: str) -> str | None:

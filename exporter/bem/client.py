@@ -313,7 +313,7 @@ class BemClient:
         except (httpx.TransportError, TimeoutError) as error:
             self._hooks.request(endpoint, "error", time.monotonic() - started)
             if last:
-                raise ApiError(endpoint, f"{_transport_reason(error)} (after {attempt} attempts)") from None
+                raise ApiError(endpoint, f"{_transport_reason(error)} ({_after(attempt)})") from None
             return None
         except _TooLargeError as error:
             self._hooks.request(endpoint, str(error.status), time.monotonic() - started)
@@ -362,13 +362,13 @@ class BemClient:
             except DecodeError as error:
                 self._hooks.rejected("response", 1)
                 if last:
-                    raise ApiError(endpoint, f"{error} (after {attempt} attempts)", status, kind="malformed") from None
+                    raise ApiError(endpoint, f"{error} ({_after(attempt)})", status, kind="malformed") from None
                 log.debug("malformed response, retrying", extra={"endpoint": endpoint})
                 return None
         if status != 429 and status < 500:
             raise ApiError(endpoint, call.refused(status), status)
         if last:
-            raise ApiError(endpoint, f"HTTP {status} (after {attempt} attempts)", status)
+            raise ApiError(endpoint, f"HTTP {status} ({_after(attempt)})", status)
         return None
 
     def _wait(self, answer: _Answer | None, backoff: Backoff) -> float:
@@ -423,3 +423,7 @@ def _transport_reason(error: Exception) -> str:
     if isinstance(error, httpx.ConnectError):
         return "cannot connect"
     return f"transport error ({type(error).__name__})"
+
+
+def _after(attempts: int) -> str:
+    return f"after {attempts} attempt{'' if attempts == 1 else 's'}"

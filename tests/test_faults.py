@@ -166,6 +166,9 @@ def test_faults_while_calls_arrive_converge_to_the_truth(tmp_path: Path) -> None
             runs.append((scenario, simulator, exporter))
         time.sleep(6.0)
         for _, simulator, _ in runs:
+            # The simulator creates arrivals when it is asked; an exporter slow to start (a busy
+            # machine) may not have asked yet: the 6 s of arrivals exist before they stop.
+            simulator.tick()
             simulator.config.arrival_rate = 0.0
         for scenario, simulator, _ in runs:
             wait_until(lambda: _all_finished(simulator), 30, what=f"{scenario.name}: every call finished")  # noqa: B023

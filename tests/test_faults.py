@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 from fault_helpers import log_lines, log_records, warnings
 from processes import ExporterProcess, wait_until
+
+# Seven exporters and simulators at once, with deadlines: run alone, not beside other files.
+pytestmark = pytest.mark.serial
 
 from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 

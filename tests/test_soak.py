@@ -31,6 +31,7 @@ def _assert_healthy(figures: Figures, rss_growth_mib: float, state_mb: float) ->
     assert f.late_traces == 0, table(f)
 
 
+@pytest.mark.serial
 def test_short_soak(tmp_path: Path) -> None:
     """35 s at 50 calls/s, each call a DAG of several function calls, finishing within
     seconds (speed 20); a 30 s retention window so that pruning happens during the run."""

@@ -17,10 +17,10 @@ import pytest
 from fault_helpers import log_lines, log_records, warnings
 from processes import ExporterProcess, wait_until
 
+from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+
 # Seven exporters and simulators at once, with deadlines: run alone, not beside other files.
 pytestmark = pytest.mark.serial
-
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 OUTAGE_SECONDS = 8.0
 POLL_INTERVAL = 1.0

@@ -44,7 +44,7 @@ def test_starts_conservatively_and_never_exceeds_the_ceiling() -> None:
 
 def test_slow_start_doubles_about_every_second_of_requests() -> None:
     clock = Clock()
-    rate = AdaptiveRate(1000.0, clock=clock)
+    rate = AdaptiveRate(40.0, clock=clock)  # its floor, 4, is below the initial rate
     for _ in range(int(INITIAL_RATE)):  # one second's worth of requests at the initial rate
         rate.succeeded(paced(clock.now), latency=0.01)
     assert INITIAL_RATE * 1.5 < rate.rate < INITIAL_RATE * 2.5
@@ -52,7 +52,7 @@ def test_slow_start_doubles_about_every_second_of_requests() -> None:
 
 def test_unpaced_requests_do_not_raise_the_rate() -> None:
     clock = Clock()
-    rate = AdaptiveRate(100.0, clock=clock)
+    rate = AdaptiveRate(40.0, clock=clock)
     for _ in range(100):
         rate.succeeded(Ticket(clock.now, paced=False), latency=0.01)
     assert rate.rate == INITIAL_RATE
@@ -129,7 +129,8 @@ def test_rising_latency_backs_off_and_the_floor_holds() -> None:
     for _ in range(200):
         clock.now += 0.1
         rate.succeeded(paced(clock.now), latency=3.0)
-    assert rate.rate == FLOOR_RATE
+    assert rate.rate == rate.floor == 10.0  # a tenth of the ceiling
+    assert AdaptiveRate(2.0, clock=clock).floor == FLOOR_RATE
 
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
@@ -220,7 +221,7 @@ def test_a_429_cuts_the_rate_and_every_call_still_comes_back(limited: tuple[Simu
     simulator.config.faults.rate_limit = 20.0
     simulator.config.faults.rate_limit_retry_after = False
     seen = Seen()
-    assert fetch_traces(url, 150, max_rps=200.0, seen=seen) == 150
+    assert fetch_traces(url, 150, max_rps=100.0, seen=seen) == 150
     assert served(simulator, 429) > 0
     peak = seen.rates.index(max(seen.rates))
     assert min(seen.rates[peak:]) < max(seen.rates) * 0.9  # cut after the peak
@@ -291,7 +292,7 @@ def test_the_rate_and_throttle_reach_the_self_metrics(limited: tuple[Simulator, 
 
 def test_a_pause_that_begins_while_a_request_waits_moves_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    rate = AdaptiveRate(100.0, initial=1.0, clock=clock)
+    rate = AdaptiveRate(10.0, initial=1.0, clock=clock)
     slept: list[float] = []
 
     async def sleep_and_throttle(seconds: float) -> None:

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 INITIAL_RATE = 5.0
 """Requests per second at start (or the ceiling, if lower)."""
 FLOOR_RATE = 0.5
+FLOOR_SHARE = 0.1
+"""The rate never falls below this share of the ceiling (nor below FLOOR_RATE): 429s that
+are not about our rate (a storm, a neighbour's load) must not slow a backfill to a crawl; a
+limit below it is still honoured through `Retry-After` pauses, and an account with a known
+small quota sets BEM_MAX_RPS to it."""
 SLOW_START_STEP = 1.0
 """Rate added per successful request before the first throttle: the rate grows e-fold (x2.7)
 each second of paced requests, from 5 to 100 requests/s in about 3 s."""
@@ -67,7 +72,8 @@ class AdaptiveRate:
         if ceiling <= 0:
             raise ValueError("ceiling must be > 0")
         self._ceiling = ceiling
-        self._rate = min(initial, ceiling)
+        self._floor = min(max(FLOOR_RATE, ceiling * FLOOR_SHARE), ceiling)
+        self._rate = min(max(initial, self._floor), ceiling)
         self._clock = clock
         self._next_start = 0.0
         self._paused_until = 0.0
@@ -85,6 +91,11 @@ class AdaptiveRate:
     def rate(self) -> float:
         """Requests per second now allowed."""
         return self._rate
+
+    @property
+    def floor(self) -> float:
+        """Requests per second the rate never falls below."""
+        return self._floor
 
     @property
     def paused_for(self) -> float:
@@ -137,7 +148,7 @@ class AdaptiveRate:
         if ticket.start <= self._last_cut:
             return False
         self._last_cut = self._clock()
-        self._rate = max(self._rate * factor, FLOOR_RATE)
+        self._rate = max(self._rate * factor, self._floor)
         return True
 
     def _queueing(self, latency: float) -> bool:

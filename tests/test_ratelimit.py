@@ -206,6 +206,7 @@ def limited() -> Iterator[tuple[Simulator, str]]:
         yield simulator, url
 
 
+@pytest.mark.serial  # counts request starts per second: a busy machine bunches them
 def test_the_rate_never_exceeds_the_ceiling(limited: tuple[Simulator, str]) -> None:
     simulator, url = limited  # no limit at the simulator: only the ceiling holds the client back
     seen = Seen()

@@ -181,7 +181,7 @@ def test_faults_while_calls_arrive_converge_to_the_truth(tmp_path: Path) -> None
         for scenario, simulator, exporter in runs:
             truth = Counter(simulator.finished_counts())
             try:
-                wait_until(lambda: exporter.calls_total() == dict(truth), 60, what="counters equal to the truth")  # noqa: B023
+                wait_until(lambda: exporter.calls_total() == dict(truth), 180, what="counters equal to the truth")  # noqa: B023
             except AssertionError:
                 failures.append(f"{scenario.name}: counted {exporter.calls_total()}, truth {dict(truth)}")
                 continue

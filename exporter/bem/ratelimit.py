@@ -1,13 +1,20 @@
 """An adaptive request rate: as fast as bem allows, found by probing, never above a ceiling.
 
 bem publishes no rate limits, so the rate is learnt the way TCP learns a link: start low,
-grow e-fold every second while requests succeed ("slow start"). A 429 cuts the rate
-multiplicatively (and `Retry-After`, when sent, pauses every request start); so does a latency
-that rises far above the best one seen, the sign of an API queueing our requests. After a 429
-the rate climbs back quickly towards the rate that drew it, lingers just below it, then probes
-past it, slowly at first and faster the longer no 429 comes (TCP CUBIC's shape), so 429s stay
-rare and a raised limit is still found. Growth happens only while the rate is what holds
-requests back: an idle exporter does not talk itself into a rate it never tried.
+grow e-fold every second while requests succeed ("slow start"). An overload signal (a 429, or
+a latency far above the best seen, the sign of an API queueing our requests) cuts the rate,
+by as much as the share of overloads in the last requests says the rate is over a limit; a
+`Retry-After`, when sent, also pauses every request start. After a cut the rate climbs back
+quickly towards where the overload came, lingers just below it, then probes past it, slowly
+at first and faster the longer no 429 comes (TCP CUBIC's shape), so 429s stay rare and a
+raised limit is still found. Growth happens only while the rate is what holds requests back:
+an idle exporter does not talk itself into a rate it never tried.
+
+Not every 429 is about our rate: an API under load, or a storm of errors, answers a share of
+requests 429 whatever the rate. `OverloadJudge` tells the two apart by what a cut does: a rate
+limit's 429s stop once the rate is below it, a storm's keep their share. When two cuts in a
+row leave the share where it was, the rate goes back to what it was before them and holds
+against the storm (only `Retry-After` is honoured) until the share changes.
 Measured against the simulator's token bucket: docs/performance.md, "Adaptive request rate".
 """
 
@@ -16,33 +23,44 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 INITIAL_RATE = 5.0
 """Requests per second at start (or the ceiling, if lower)."""
-FLOOR_RATE = 0.5
-FLOOR_SHARE = 0.1
-"""The rate never falls below this share of the ceiling (nor below FLOOR_RATE): 429s that
-are not about our rate (a storm, a neighbour's load) must not slow a backfill to a crawl; a
-limit below it is still honoured through `Retry-After` pauses, and an account with a known
-small quota sets BEM_MAX_RPS to it."""
+MIN_RATE = 0.5
+"""Requests per second the rate never falls below (nor the ceiling, if lower)."""
 SLOW_START_STEP = 1.0
-"""Rate added per successful request before the first throttle: the rate grows e-fold (x2.7)
+"""Rate added per successful request before the first cut: the rate grows e-fold (x2.7)
 each second of paced requests, from 5 to 100 requests/s in about 3 s."""
 AVOIDANCE_STEP = 0.01
-"""Rate added per successful request at or above the rate of the last throttle, per second
+"""Rate added per successful request at or above the rate of the last cut, per second
 spent there: 1 % more per second at first, then faster (convex, as TCP CUBIC probes), so a
 limit that was raised or lifted is found within seconds, not minutes."""
+PROBE_RAMP = 10.0
 PLATEAU_STEP = 0.002
-"""The least rate added per successful request below the last throttle's rate: 0.2 % more per
+"""The least rate added per successful request below the last cut's rate: 0.2 % more per
 second, so the rate lingers just below the limit it found instead of crossing it again soon."""
 RECOVERY = 0.5
-"""Below the last throttle's rate, growth per second is this share of the gap to it: back near
+"""Below the last cut's rate, growth per second is this share of the gap to it: back near
 the limit within a few seconds of a cut, then slowly (concave, as TCP CUBIC grows)."""
-THROTTLE_CUT = 0.85
-"""The rate is multiplied by this on a 429."""
-LATENCY_CUT = 0.9
+CUT_MARGIN = 0.95
+"""A cut aims this share below the rate the last requests got through at."""
+LARGEST_CUT, SMALLEST_CUT = 0.5, 0.9
+"""A cut multiplies the rate by at least the first and at most the second: one overload in a
+quiet stretch still backs off clearly, a burst of them at most halves the rate per check."""
+JUDGE_WINDOW = 20
+"""Answers that size a cut (the last ones) and judge it (those started after it)."""
+HELPED_SHARE = 0.1
+"""A share of overloads below this after a cut: the cut helped, the rate is clear again."""
+STORM_RECHECK = 30.0
+STORM_WINDOWS = 2
+STORM_CHANGE = 0.15
+"""A storm is watched over this many windows of answers; it ends when the share of overloads
+moves by more than this (or by half): it passed, or our rate now adds 429s of its own."""
+"""A second cut that leaves the share at or above this part of what it was: the overloads
+are not about our rate."""
 LATENCY_FACTOR = 4.0
 """Smoothed latency above this multiple of the best seen (and LATENCY_MARGIN seconds above it)
 means requests queue at the API."""
@@ -60,6 +78,153 @@ class Ticket:
 
     start: float
     paced: bool
+    resumed: bool = False
+    """The first start after a `Retry-After` pause ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the judge asks of the rate: a cut by `factor`, or a return to `restore`."""
+
+    factor: float = 1.0
+    got_through: float = 0.0
+    """The share of requests that got through before the cut: the limit is about this share
+    of the rate that drew the overloads."""
+    restore: float | None = None
+    first: bool = False
+    """The first cut of a run of cuts (what a storm may undo)."""
+
+
+@dataclass(slots=True)
+class _Tally:
+    answers: int = 0
+    overloaded: int = 0
+
+    def add(self, overloaded: bool) -> None:
+        self.answers += 1
+        self.overloaded += overloaded
+
+    @property
+    def share(self) -> float:
+        return self.overloaded / self.answers if self.answers else 0.0
+
+
+@dataclass(slots=True)
+class _Check:
+    """The answers to requests started after a cut: did it lower the share of overloads?"""
+
+    cut_at: float
+    episode_rate: float
+    """The rate before the first cut of this run of cuts: what a storm restores."""
+    cuts: int
+    share_before: float
+    rate_before: float
+    """The share of overloads and the rate that drew the cut."""
+    tally: _Tally
+    asked_to_wait: bool = False
+    """Whether a 429 in the check came with `Retry-After`: the pauses refill the API's bucket,
+    so the share of 429s no longer follows the rate and says nothing about a storm."""
+
+
+@dataclass(slots=True)
+class _Storm:
+    share: float | None
+    """The share of overloads the storm brings (None until a window of answers measured it)."""
+    tally: _Tally
+    since: float
+
+
+def _unmoved(check: _Check, share: float, rate: float) -> bool:
+    """Whether what got through fell with the rate, as in a storm (the same share refused at
+    any rate), rather than staying put, as under a limit (the same requests per second get
+    through at any rate above it): judged against the geometric middle of the two."""
+    if check.share_before >= 1.0:
+        return False
+    through = (1.0 - share) / (1.0 - check.share_before)
+    return through < math.sqrt(check.rate_before / rate)
+
+
+class OverloadJudge:
+    """Turns each answer's overload signal into cuts, and tells a rate limit (cutting lowers the
+    share of overloads) from a storm (it does not). Fed in answer order; times are the rate's clock."""
+
+    def __init__(self, window: int = JUDGE_WINDOW) -> None:
+        self._window = window
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._last_cut = -math.inf
+        self._check: _Check | None = None
+        self._storm: _Storm | None = None
+
+    @property
+    def checking(self) -> bool:
+        """Whether the last cut is still being judged (the rate should stay put meanwhile)."""
+        return self._check is not None
+
+    @property
+    def storm(self) -> bool:
+        """Whether overloads come whatever the rate, so they cut nothing."""
+        return self._storm is not None
+
+    def answer(
+        self, ticket: Ticket, overloaded: bool, rate: float, now: float, *, asked_to_wait: bool = False
+    ) -> Verdict | None:
+        """The answer to the request started at `ticket`, sent at `rate`: a verdict, if one is due.
+        `asked_to_wait`: a 429 with `Retry-After`."""
+        self._recent.append(overloaded)
+        if overloaded and ticket.resumed and self._storm is None:
+            # We waited as long as bem asked and were refused again: not a limit on our rate.
+            return self._declare_storm(self._check.episode_rate if self._check else rate, None, now)
+        if self._check is not None:
+            self._check.asked_to_wait |= asked_to_wait
+            return self._judge(self._check, ticket.start, overloaded, rate, now)
+        if self._storm is not None:
+            self._watch(self._storm, overloaded, now)
+        elif overloaded and ticket.start > self._last_cut:
+            # Requests started before the last cut report the overload it answered.
+            return self._cut(rate, now, rate, cuts=1, share=sum(self._recent) / len(self._recent))
+        return None
+
+    def _declare_storm(self, restore: float, share: float | None, now: float) -> Verdict:
+        self._check = None
+        self._storm = _Storm(share, _Tally(), now)
+        return Verdict(restore=restore)
+
+    def _cut(self, rate: float, now: float, episode_rate: float, cuts: int, share: float) -> Verdict:
+        self._last_cut = now
+        self._check = _Check(now, episode_rate, cuts, share, rate, _Tally())
+        factor = min(max((1.0 - share) * CUT_MARGIN, LARGEST_CUT), SMALLEST_CUT)
+        return Verdict(factor=factor, got_through=1.0 - share, first=cuts == 1)
+
+    def _judge(self, check: _Check, start: float, overloaded: bool, rate: float, now: float) -> Verdict | None:
+        if start <= check.cut_at:
+            return None
+        check.tally.add(overloaded)
+        if check.tally.answers < self._window:
+            return None
+        self._check, share = None, check.tally.share
+        if share < HELPED_SHARE:
+            return None
+        # The first check's "before" is the onset, often undercounted: only a second cut that
+        # changed nothing proves a storm.
+        if check.cuts >= 2 and not check.asked_to_wait and _unmoved(check, share, rate):
+            return self._declare_storm(check.episode_rate, share, now)
+        return self._cut(rate, now, check.episode_rate, check.cuts + 1, share)
+
+    def _watch(self, storm: _Storm, overloaded: bool, now: float) -> None:
+        """A storm ends when its share changes clearly (it passed, or our rate now adds to it),
+        and is judged afresh every STORM_RECHECK seconds: under `Retry-After` pauses the share
+        says little, and a limit may be hiding behind the storm."""
+        if now - storm.since > STORM_RECHECK:
+            self._storm = None
+            return
+        storm.tally.add(overloaded)
+        if storm.tally.answers < STORM_WINDOWS * self._window:
+            return
+        share, storm.tally = storm.tally.share, _Tally()
+        if storm.share is None:
+            storm.share = share
+        elif abs(share - storm.share) > max(STORM_CHANGE, storm.share / 2):
+            self._storm = None
 
 
 class AdaptiveRate:
@@ -72,15 +237,17 @@ class AdaptiveRate:
         if ceiling <= 0:
             raise ValueError("ceiling must be > 0")
         self._ceiling = ceiling
-        self._floor = min(max(FLOOR_RATE, ceiling * FLOOR_SHARE), ceiling)
-        self._rate = min(max(initial, self._floor), ceiling)
+        self._least = min(MIN_RATE, ceiling)
+        self._rate = min(max(initial, self._least), ceiling)
         self._clock = clock
+        self._judge = OverloadJudge()
         self._next_start = 0.0
         self._paused_until = 0.0
-        self._last_cut = -math.inf
+        self._resume_pending = False
         self._slow_start = True
+        self._slow_start_before = True
         self._peak = math.inf
-        """The rate at the last throttle: the limit is about there."""
+        """The rate the last cut found the limit at."""
         self._above_since: float | None = None
         self._best_latency = math.inf
         self._latency: float | None = None
@@ -93,9 +260,9 @@ class AdaptiveRate:
         return self._rate
 
     @property
-    def floor(self) -> float:
-        """Requests per second the rate never falls below."""
-        return self._floor
+    def storm(self) -> bool:
+        """Whether 429s (or slow answers) are coming whatever the rate, so they cut nothing."""
+        return self._judge.storm
 
     @property
     def paused_for(self) -> float:
@@ -115,13 +282,40 @@ class AdaptiveRate:
                 paced = True
                 await asyncio.sleep(start - now)
             if self._paused_until <= start:
-                return Ticket(start, paced=paced)
+                resumed, self._resume_pending = self._resume_pending, False
+                return Ticket(start, paced=paced, resumed=resumed)
 
     def succeeded(self, ticket: Ticket, latency: float) -> None:
-        if self._queueing(latency):
-            self._cut(ticket, LATENCY_CUT)
-        elif ticket.paced:
-            self._rate = min(self._rate + self._step(), self._ceiling)
+        queueing = self._queueing(latency)
+        self._heed(ticket, overloaded=queueing)
+        if ticket.paced and not queueing:
+            # While a cut is judged, the rate may recover towards the limit found, not past it.
+            top = min(self._peak, self._ceiling) if self._judge.checking else self._ceiling
+            self._rate = max(min(self._rate + self._step(), top), self._rate)
+
+    def throttled(self, ticket: Ticket, retry_after: float | None) -> None:
+        """A 429 for the request started at `ticket`; `retry_after` in seconds, if sent."""
+        if retry_after is not None and retry_after > 0:
+            self._paused_until = max(self._paused_until, self._clock() + retry_after)
+            self._resume_pending = True
+        self._heed(ticket, overloaded=True, asked_to_wait=retry_after is not None)
+
+    def _heed(self, ticket: Ticket, overloaded: bool, asked_to_wait: bool = False) -> None:
+        verdict = self._judge.answer(ticket, overloaded, self._rate, self._clock(), asked_to_wait=asked_to_wait)
+        if verdict is None:
+            return
+        if verdict.restore is not None:
+            # Back to where the storm found the rate, growing as it was (a storm during the
+            # first seconds must not leave a backfill at the initial rate).
+            self._rate = self._peak = min(verdict.restore, self._ceiling)
+            self._slow_start = self._slow_start_before
+            return
+        if verdict.first:
+            self._slow_start_before = self._slow_start
+        self._slow_start = False
+        before = self._rate
+        self._rate = max(before * verdict.factor, self._least)
+        self._peak = max(before * verdict.got_through, self._rate)
 
     def _step(self) -> float:
         """Rate added per successful request: `step` x requests per second = `step` per second."""
@@ -130,26 +324,10 @@ class AdaptiveRate:
         if self._rate >= self._peak:
             now = self._clock()
             self._above_since = now if self._above_since is None else self._above_since
-            return min(AVOIDANCE_STEP * (1.0 + now - self._above_since), SLOW_START_STEP)
+            probing = AVOIDANCE_STEP * (now - self._above_since) / PROBE_RAMP
+            return min(max(PLATEAU_STEP, probing), SLOW_START_STEP)
         self._above_since = None
         return max(PLATEAU_STEP, RECOVERY * (self._peak - self._rate) / self._peak)
-
-    def throttled(self, ticket: Ticket, retry_after: float | None) -> None:
-        """A 429 for the request started at `ticket`; `retry_after` in seconds, if sent."""
-        if retry_after is not None and retry_after > 0:
-            self._paused_until = max(self._paused_until, self._clock() + retry_after)
-        self._slow_start = False
-        if self._cut(ticket, THROTTLE_CUT):
-            self._peak = self._rate / THROTTLE_CUT
-
-    def _cut(self, ticket: Ticket, factor: float) -> bool:
-        """Cut the rate, unless the overload was already answered; True when it was cut."""
-        # Requests started before the last cut report the same overload: one cut for all.
-        if ticket.start <= self._last_cut:
-            return False
-        self._last_cut = self._clock()
-        self._rate = max(self._rate * factor, self._floor)
-        return True
 
     def _queueing(self, latency: float) -> bool:
         self._answers += 1

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter import __version__
 from exporter.api_errors import api_host
@@ -29,10 +30,12 @@ from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
 from exporter.poll.progress import Listener, Progress
 from exporter.state import StateStore, StateWriteError
-from exporter.state.postgres import PostgresStore
 from exporter.state.sqlite import SqliteStore
 from exporter.status import BackfillProgress, StatusBoard
 from exporter.traces import build_span_exporter
+
+if TYPE_CHECKING:  # psycopg (about 20 MiB) is imported only when the state is in PostgreSQL
+    from exporter.state.postgres import PostgresStore
 
 log = logging.getLogger("exporter")
 
@@ -153,6 +156,8 @@ async def open_state(
 async def _open_postgres(settings: Settings) -> PostgresStore:
     """Open the shared state, waiting for a database that is down (one log line for the
     outage); wrong settings raise `StateError` at once."""
+    from exporter.state.postgres import PostgresStore
+
     url = settings.state.url
     assert url is not None, "the postgres engine without a URL"
     password = settings.state.password.get() if settings.state.password is not None else None

@@ -55,12 +55,16 @@ JUDGE_WINDOW = 20
 HELPED_SHARE = 0.1
 """A share of overloads below this after a cut: the cut helped, the rate is clear again."""
 STORM_RECHECK = 30.0
+"""Seconds a storm is believed before it is judged afresh (and after one turned out to be a
+limit, seconds before another is believed)."""
+STORM_DISPROOF = 0.75
+"""A storm turns out a limit when what gets through moves this much of the way a limit's would
+(on a log scale): more than the half that tells a cut's check, because a storm wrongly taken
+for a limit costs cuts through the whole storm."""
 STORM_WINDOWS = 2
-STORM_CHANGE = 0.15
-"""A storm is watched over this many windows of answers; it ends when the share of overloads
-moves by more than this (or by half): it passed, or our rate now adds 429s of its own."""
-"""A second cut that leaves the share at or above this part of what it was: the overloads
-are not about our rate."""
+STORM_RATE_CHANGE = 3.0
+"""A storm is watched over this many windows of answers, and tested again once the rate moved
+by this factor since it was last measured."""
 LATENCY_FACTOR = 4.0
 """Smoothed latency above this multiple of the best seen (and LATENCY_MARGIN seconds above it)
 means requests queue at the API."""
@@ -97,16 +101,53 @@ class Verdict:
 
 @dataclass(slots=True)
 class _Tally:
+    """Answers to the requests started in a stretch of time: how many, how many overloaded, and
+    when the first and the last started."""
+
     answers: int = 0
     overloaded: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    asked_to_wait: bool = False
+    """Whether a 429 came with `Retry-After`: its pauses refill the API's bucket, so what got
+    through no longer follows the rate and tells a storm from a limit no more."""
 
-    def add(self, overloaded: bool) -> None:
+    def add(self, overloaded: bool, now: float, asked_to_wait: bool) -> None:
+        self.first = self.first if self.answers else now
         self.answers += 1
         self.overloaded += overloaded
+        self.last = now
+        self.asked_to_wait |= asked_to_wait
 
     @property
     def share(self) -> float:
         return self.overloaded / self.answers if self.answers else 0.0
+
+    def reading(self, nominal: float) -> _Reading:
+        """What got through, at the rate the requests started (the allowed rate is only a ceiling
+        on it: a client with little to do sends less)."""
+        span = self.last - self.first
+        rate = (self.answers - 1) / span if span > 0 else nominal
+        return _Reading(1.0 - self.share, rate)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """The share of answers that got through at a rate."""
+
+    through: float
+    rate: float
+
+
+def _like_a_limit(before: _Reading, after: _Reading, *, needs: float = 0.5) -> bool:
+    """Whether what got through moved against the rate as under a limit (the same requests per
+    second get through at any rate above it) rather than staying put as in a storm (the same
+    share refused at any rate). On a log scale, it must move `needs` of the way a limit's would."""
+    if before.through <= 0.0 or after.through <= 0.0:
+        return True
+    moved = math.log(after.through / before.through)
+    limit_would = math.log(before.rate / after.rate)
+    return moved * limit_would > 0 and abs(moved) > abs(limit_would) * needs
 
 
 @dataclass(slots=True)
@@ -117,47 +158,35 @@ class _Check:
     episode_rate: float
     """The rate before the first cut of this run of cuts: what a storm restores."""
     cuts: int
-    share_before: float
-    rate_before: float
-    """The share of overloads and the rate that drew the cut."""
+    before: _Reading
+    """What drew the cut."""
     tally: _Tally
-    asked_to_wait: bool = False
-    """Whether a 429 in the check came with `Retry-After`: the pauses refill the API's bucket,
-    so the share of 429s no longer follows the rate and says nothing about a storm."""
 
 
 @dataclass(slots=True)
 class _Storm:
-    share: float | None
-    """The share of overloads the storm brings (None until a window of answers measured it)."""
+    reference: _Reading | None
+    """What got through when the storm was last measured (None until a window of answers did)."""
     tally: _Tally
     since: float
 
 
-def _unmoved(check: _Check, share: float, rate: float) -> bool:
-    """Whether what got through fell with the rate, as in a storm (the same share refused at
-    any rate), rather than staying put, as under a limit (the same requests per second get
-    through at any rate above it): judged against the geometric middle of the two."""
-    if check.share_before >= 1.0:
-        return False
-    through = (1.0 - share) / (1.0 - check.share_before)
-    return through < math.sqrt(check.rate_before / rate)
-
-
 class OverloadJudge:
-    """Turns each answer's overload signal into cuts, and tells a rate limit (cutting lowers the
-    share of overloads) from a storm (it does not). Fed in answer order; times are the rate's clock."""
+    """Turns each answer's overload signal into cuts, and tells a rate limit from a storm by
+    what a change of rate does to what gets through. Fed in answer order, on the rate's clock."""
 
     def __init__(self, window: int = JUDGE_WINDOW) -> None:
         self._window = window
-        self._recent: deque[bool] = deque(maxlen=window)
+        self._recent: deque[tuple[float, bool]] = deque(maxlen=window)
         self._last_cut = -math.inf
         self._check: _Check | None = None
         self._storm: _Storm | None = None
+        self._limit_seen = -math.inf
+        """When a storm last turned out to be a limit: no storm is believed for a while after."""
 
     @property
     def checking(self) -> bool:
-        """Whether the last cut is still being judged (the rate should stay put meanwhile)."""
+        """Whether the last cut is still being judged (the rate should not pass the limit found)."""
         return self._check is not None
 
     @property
@@ -170,61 +199,91 @@ class OverloadJudge:
     ) -> Verdict | None:
         """The answer to the request started at `ticket`, sent at `rate`: a verdict, if one is due.
         `asked_to_wait`: a 429 with `Retry-After`."""
-        self._recent.append(overloaded)
-        if overloaded and ticket.resumed and self._storm is None:
+        self._recent.append((ticket.start, overloaded))
+        if overloaded and ticket.resumed and self._storm is None and self._may_storm(now):
             # We waited as long as bem asked and were refused again: not a limit on our rate.
             return self._declare_storm(self._check.episode_rate if self._check else rate, None, now)
         if self._check is not None:
-            self._check.asked_to_wait |= asked_to_wait
-            return self._judge(self._check, ticket.start, overloaded, rate, now)
+            return self._judge(self._check, ticket.start, overloaded, rate, now, asked_to_wait)
         if self._storm is not None:
-            self._watch(self._storm, overloaded, now)
-        elif overloaded and ticket.start > self._last_cut:
+            return self._watch(self._storm, ticket, overloaded, rate, now, asked_to_wait)
+        if overloaded and ticket.start > self._last_cut:
             # Requests started before the last cut report the overload it answered.
-            return self._cut(rate, now, rate, cuts=1, share=sum(self._recent) / len(self._recent))
+            return self._cut(self._lately(rate), now, rate, cuts=1)
         return None
 
-    def _declare_storm(self, restore: float, share: float | None, now: float) -> Verdict:
+    def _lately(self, rate: float) -> _Reading:
+        tally = _Tally()
+        for moment, overloaded in self._recent:
+            tally.add(overloaded, moment, asked_to_wait=False)
+        return tally.reading(rate)
+
+    def _may_storm(self, now: float) -> bool:
+        return now - self._limit_seen > STORM_RECHECK
+
+    def _declare_storm(self, restore: float, reference: _Reading | None, now: float) -> Verdict:
         self._check = None
-        self._storm = _Storm(share, _Tally(), now)
+        self._storm = _Storm(reference, _Tally(), now)
         return Verdict(restore=restore)
 
-    def _cut(self, rate: float, now: float, episode_rate: float, cuts: int, share: float) -> Verdict:
+    def _cut(
+        self, reading: _Reading, now: float, episode_rate: float, cuts: int, factor: float | None = None
+    ) -> Verdict:
         self._last_cut = now
-        self._check = _Check(now, episode_rate, cuts, share, rate, _Tally())
-        factor = min(max((1.0 - share) * CUT_MARGIN, LARGEST_CUT), SMALLEST_CUT)
-        return Verdict(factor=factor, got_through=1.0 - share, first=cuts == 1)
+        self._check = _Check(now, episode_rate, cuts, reading, _Tally())
+        if factor is None:
+            factor = min(max(reading.through * CUT_MARGIN, LARGEST_CUT), SMALLEST_CUT)
+        return Verdict(factor=factor, got_through=reading.through, first=cuts == 1)
 
-    def _judge(self, check: _Check, start: float, overloaded: bool, rate: float, now: float) -> Verdict | None:
+    def _judge(
+        self, check: _Check, start: float, overloaded: bool, rate: float, now: float, asked_to_wait: bool
+    ) -> Verdict | None:
         if start <= check.cut_at:
             return None
-        check.tally.add(overloaded)
+        check.tally.add(overloaded, start, asked_to_wait)
         if check.tally.answers < self._window:
             return None
-        self._check, share = None, check.tally.share
-        if share < HELPED_SHARE:
+        self._check, reading = None, check.tally.reading(rate)
+        if check.tally.share < HELPED_SHARE:
             return None
-        # The first check's "before" is the onset, often undercounted: only a second cut that
-        # changed nothing proves a storm.
-        if check.cuts >= 2 and not check.asked_to_wait and _unmoved(check, share, rate):
-            return self._declare_storm(check.episode_rate, share, now)
-        return self._cut(rate, now, check.episode_rate, check.cuts + 1, share)
+        # The first check's "before" is the onset, often undercounted: only a second cut can
+        # show a storm. Restoring the rate then tests the verdict again (see `_watch`).
+        stormy = not check.tally.asked_to_wait and not _like_a_limit(check.before, reading)
+        if check.cuts >= 2 and stormy and self._may_storm(now):
+            return self._declare_storm(check.episode_rate, reading, now)
+        return self._cut(reading, now, check.episode_rate, check.cuts + 1)
 
-    def _watch(self, storm: _Storm, overloaded: bool, now: float) -> None:
-        """A storm ends when its share changes clearly (it passed, or our rate now adds to it),
-        and is judged afresh every STORM_RECHECK seconds: under `Retry-After` pauses the share
-        says little, and a limit may be hiding behind the storm."""
+    def _watch(
+        self, storm: _Storm, ticket: Ticket, overloaded: bool, rate: float, now: float, asked_to_wait: bool
+    ) -> Verdict | None:
+        """Every two windows of answers: a storm ends when it passes, or when what gets through
+        moved against a changed rate as under a limit (then the rate is cut to what got
+        through). It is judged afresh every STORM_RECHECK seconds: under `Retry-After` pauses
+        what gets through says little, and a limit may hide behind the storm."""
         if now - storm.since > STORM_RECHECK:
             self._storm = None
-            return
-        storm.tally.add(overloaded)
+            return None
+        storm.tally.add(overloaded, ticket.start, asked_to_wait)
         if storm.tally.answers < STORM_WINDOWS * self._window:
-            return
-        share, storm.tally = storm.tally.share, _Tally()
-        if storm.share is None:
-            storm.share = share
-        elif abs(share - storm.share) > max(STORM_CHANGE, storm.share / 2):
+            return None
+        tally, storm.tally = storm.tally, _Tally()
+        reading = tally.reading(rate)
+        if tally.share < HELPED_SHARE:
             self._storm = None
+        elif tally.asked_to_wait:
+            pass  # what gets through between pauses says little: left to STORM_RECHECK
+        elif storm.reference is None or abs(math.log(reading.rate / storm.reference.rate)) < math.log(
+            STORM_RATE_CHANGE
+        ):
+            storm.reference = storm.reference or reading
+        elif _like_a_limit(storm.reference, reading, needs=STORM_DISPROOF):
+            self._storm, self._limit_seen = None, now
+            # The readings measured the limit: straight to just below what got through.
+            found = reading.through * reading.rate * CUT_MARGIN
+            return self._cut(reading, now, rate, cuts=1, factor=min(found / rate, SMALLEST_CUT))
+        else:
+            storm.reference = reading
+        return None
 
 
 class AdaptiveRate:
@@ -242,6 +301,8 @@ class AdaptiveRate:
         self._clock = clock
         self._judge = OverloadJudge()
         self._next_start = 0.0
+        self._last_start = 0.0
+        self._cuts = 0
         self._paused_until = 0.0
         self._resume_pending = False
         self._slow_start = True
@@ -270,18 +331,20 @@ class AdaptiveRate:
         return max(self._paused_until - self._clock(), 0.0)
 
     async def acquire(self) -> Ticket:
-        """Wait for this request's turn. A `Retry-After` pause that begins while a request waits
-        for its turn moves that turn past the pause."""
+        """Wait for this request's turn. A `Retry-After` pause or a cut that comes while a request
+        waits for its turn moves that turn: past the pause, or to the slower pace (turns taken
+        at the old pace would send a dozen more requests at the rate that drew the cut)."""
         paced = False
         while True:
             async with self._lock:
-                now = self._clock()
+                now, cuts = self._clock(), self._cuts
                 start = max(now, self._next_start, self._paused_until)
                 self._next_start = start + 1.0 / self._rate
             if start > now:
                 paced = True
                 await asyncio.sleep(start - now)
-            if self._paused_until <= start:
+            if self._paused_until <= start and self._cuts == cuts:
+                self._last_start = start
                 resumed, self._resume_pending = self._resume_pending, False
                 return Ticket(start, paced=paced, resumed=resumed)
 
@@ -316,6 +379,8 @@ class AdaptiveRate:
         before = self._rate
         self._rate = max(before * verdict.factor, self._least)
         self._peak = max(before * verdict.got_through, self._rate)
+        self._cuts += 1
+        self._next_start = self._last_start + 1.0 / self._rate
 
     def _step(self) -> float:
         """Rate added per successful request: `step` x requests per second = `step` per second."""

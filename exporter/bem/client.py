@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -37,9 +35,9 @@ from exporter.bem.create import (
     request_body,
 )
 from exporter.bem.decode import CallPage, DecodeError, decode_call_page, decode_trace, decode_v2_trace
+from exporter.bem.exchange import Answer, Exchange, TooLargeError
 from exporter.bem.models import Trace
 from exporter.bem.ratelimit import AdaptiveRate, Ticket
-from exporter.bem.transport import AsyncioTransport
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,6 @@ DEFAULT_RETRY_AFTER_CAP = 120.0
 """Longest wait a `Retry-After` header can impose, seconds; a longer one waits this long."""
 LONG_THROTTLE = 30.0
 """A `Retry-After` asking for at least this many seconds is logged as a warning."""
-CONNECT_TIMEOUT_CAP = 10.0
 
 T = TypeVar("T")
 ErrorKind = Literal["unreachable", "rejected", "malformed", "too_large"]
@@ -121,14 +118,6 @@ class ListQuery:
         return params
 
 
-class _TooLargeError(Exception):
-    """The body passed the size limit while being read."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
 def _client_error(status: int) -> str:
     if status == 401:
         return "HTTP 401: the API key was rejected (check BEM_API_KEY)"
@@ -150,13 +139,6 @@ class _Call:
     """A JSON body, POSTed; None: a GET."""
     refused: Callable[[int], str] = field(default=_client_error)
     """What a final 4xx answer means, for the error message."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    retry_after: str | None
-    body: bytes
 
 
 class BemClient:
@@ -189,14 +171,8 @@ class BemClient:
         headers = {"user-agent": f"bem-exporter/{__version__}", "accept": "application/json"}
         if api_key is not None:
             headers["x-api-key"] = api_key
-        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP)),
-            limits=limits,
-            follow_redirects=False,
-            transport=None if _proxied(base_url) else AsyncioTransport(limits),
+        self._exchange = Exchange(
+            base_url, headers, timeout=timeout, connections=max_concurrency, max_bytes=max_response_bytes
         )
 
     async def __aenter__(self) -> BemClient:
@@ -206,7 +182,7 @@ class BemClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._exchange.aclose()
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -291,7 +267,7 @@ class BemClient:
             self._hooks.throttle_cleared()
         return ticket
 
-    def _pace(self, ticket: Ticket, answer: _Answer | None) -> None:
+    def _pace(self, ticket: Ticket, answer: Answer | None) -> None:
         """Tell the adaptive rate how the request started at `ticket` went. Only a 429 and a
         success say something about the rate; a 5xx or a dropped connection is no overload
         signal bem is known to send."""
@@ -304,7 +280,7 @@ class BemClient:
             self._shown_rate = self._rate.rate
             self._hooks.rate(self._shown_rate)
 
-    async def _attempt(self, call: _Call, last: bool, attempt: int) -> _Answer | None:
+    async def _attempt(self, call: _Call, last: bool, attempt: int) -> Answer | None:
         """One request: its answer, or None after a transport failure worth another try."""
         endpoint = call.endpoint
         started = time.monotonic()
@@ -315,7 +291,7 @@ class BemClient:
             if last:
                 raise ApiError(endpoint, f"{_transport_reason(error)} ({_after(attempt)})") from None
             return None
-        except _TooLargeError as error:
+        except TooLargeError as error:
             self._hooks.request(endpoint, str(error.status), time.monotonic() - started)
             self._hooks.too_large(endpoint)
             log.warning("bem API response too large", extra={"endpoint": endpoint, "limit_bytes": self._max_bytes})
@@ -324,35 +300,14 @@ class BemClient:
         self._hooks.request(endpoint, str(answer.status), time.monotonic() - started)
         return answer
 
-    async def _send(self, call: _Call) -> _Answer:
+    async def _send(self, call: _Call) -> Answer:
         """The whole exchange, body included, bounded by the timeout: a server that trickles
         one byte at a time cannot hold a request open past it."""
-        if call.body is None:
-            request = self._http.stream("GET", call.path, params=call.params)
-        else:
-            headers = {"content-type": "application/json"}
-            request = self._http.stream("POST", call.path, params=call.params, content=call.body, headers=headers)
-        async with asyncio.timeout(self._timeout), request as response:
-            body = await self._read(response)
-            return _Answer(response.status_code, response.headers.get("retry-after"), body)
-
-    async def _read(self, response: httpx.Response) -> bytes:
-        """The decoded body, stopping as soon as it passes the size limit."""
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and "content-encoding" not in response.headers and int(declared) > self._max_bytes:
-            raise _TooLargeError(response.status_code)
-        body = bytearray()
-        try:
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > self._max_bytes:
-                    raise _TooLargeError(response.status_code)
-        except httpx.DecodingError:
-            return b""  # a corrupt gzip/deflate/brotli stream: a malformed body, retried as one
-        return bytes(body)
+        async with asyncio.timeout(self._timeout):
+            return await self._exchange.send(call.path, call.params, call.body)
 
     def _decoded(
-        self, call: _Call, answer: _Answer, decode: Callable[[bytes], T], last: bool, attempt: int
+        self, call: _Call, answer: Answer, decode: Callable[[bytes], T], last: bool, attempt: int
     ) -> tuple[T] | None:
         """The decoded body of a 2xx answer; None for an answer worth another try."""
         endpoint, status = call.endpoint, answer.status
@@ -371,7 +326,7 @@ class BemClient:
             raise ApiError(endpoint, f"HTTP {status} ({_after(attempt)})", status)
         return None
 
-    def _wait(self, answer: _Answer | None, backoff: Backoff) -> float:
+    def _wait(self, answer: Answer | None, backoff: Backoff) -> float:
         """Seconds before the next try: what a 429/5xx's `Retry-After` asks (capped), or the backoff."""
         jittered = backoff.next()
         if answer is None or 200 <= answer.status < 300:
@@ -403,14 +358,6 @@ def retry_after_seconds(value: str | None) -> float | None:
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return seconds if 0.0 < seconds < float("inf") else None
-
-
-def _proxied(url: str) -> bool:
-    """Whether the environment names a proxy for `url`: then httpx's own transport, which
-    honours it, carries the requests (the asyncio transport has no proxy support)."""
-    proxies = urllib.request.getproxies()
-    scheme = urllib.parse.urlsplit(url).scheme
-    return bool(proxies.get(scheme) or proxies.get("all"))
 
 
 def _path_segment(value: str) -> str:

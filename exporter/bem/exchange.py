@@ -46,8 +46,8 @@ class Exchange:
     def __init__(
         self, base_url: str, headers: dict[str, str], *, timeout: float, connections: int, max_bytes: int
     ) -> None:
-        self._base = httpx.URL(base_url.rstrip("/") + "/")
-        self._headers = {**headers, "accept-encoding": _ACCEPT_ENCODING, "connection": "keep-alive"}
+        self._base = base_url.rstrip("/") + "/"
+        self._headers = httpx.Headers({**headers, "accept-encoding": _ACCEPT_ENCODING, "connection": "keep-alive"})
         self._timeouts = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP)).as_dict()
         self._max_bytes = max_bytes
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
@@ -69,11 +69,14 @@ class Exchange:
             await response.aclose()
 
     def _request(self, path: str, params: dict[str, str] | None, body: bytes | None) -> httpx.Request:
-        url = self._base.join(path)
+        # Joined as text: httpx parses a URL once either way, and `URL.join` (RFC 3986 resolution)
+        # cost twice the whole request's construction.
+        url = self._base + path
         extensions = {"timeout": self._timeouts}
         if body is None:
             return httpx.Request("GET", url, params=params, headers=self._headers, extensions=extensions)
-        headers = {**self._headers, "content-type": "application/json"}
+        headers = httpx.Headers(self._headers)
+        headers["content-type"] = "application/json"
         return httpx.Request("POST", url, params=params, headers=headers, content=body, extensions=extensions)
 
     async def _read(self, response: httpx.Response) -> bytes:

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "--limit", type=float, action="append", help="simulator limit, requests/s (repeatable; 0: none, for reference)"
     )
     parser.add_argument("--calls", type=int, default=5000, help="calls in the lookback (5000)")
-    parser.add_argument("--burst-seconds", type=float, default=0.2, help="bucket size in seconds of the limit (0.2)")
+    parser.add_argument("--burst-seconds", type=float, default=1.0, help="bucket size in seconds of the limit (1)")
     parser.add_argument("--no-retry-after", action="store_true", help="429s without Retry-After")
     parser.add_argument("--both", action="store_true", help="each limit with and without Retry-After")
     parser.add_argument("--seed", type=int, default=11)

@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] state engines: CPU per function call, {state_calls:,} calls on each", file=sys.stderr)
             result["state"]["cpu"] = state_cpu(state_calls, args.seed + 4, workdir)
         if args.adaptive_rate:
-            result["adaptive_rate"] = ratebench.run(args.adaptive_rate, [True, False], 5000, 0.2, args.seed)
+            result["adaptive_rate"] = ratebench.run(args.adaptive_rate, [True, False], 5000, 1.0, args.seed)
     result["targets"] = verdicts(result)
     text = table(result)
     result["table"] = text

@@ -121,11 +121,11 @@ def test_after_a_throttle_the_rate_returns_near_it_then_grows_gently() -> None:
     before = rate.rate
     one_second()
     assert before < rate.rate < before * 1.01  # probing past it gently at first,
-    for _ in range(30):
+    for _ in range(120):
         one_second()
     before = rate.rate
     one_second()
-    assert rate.rate > before * 1.02  # faster the longer no 429 comes (a raised limit)
+    assert rate.rate > before * 1.015  # faster the longer no 429 comes (a raised limit)
 
 
 def test_retry_after_pauses_every_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,27 +278,6 @@ def test_retry_after_pauses_every_request_start(limited: tuple[Simulator, str]) 
     assert all(any(cleared >= moment for cleared in seen.cleared) for moment, _ in seen.throttles)
 
 
-def test_the_rate_recovers_once_the_limit_is_lifted(limited: tuple[Simulator, str]) -> None:
-    simulator, url = limited
-    simulator.config.faults.rate_limit = 10.0
-    simulator.config.faults.rate_limit_retry_after = False
-    seen = Seen()
-
-    async def run() -> None:
-        async with BemClient(url, SIM_KEY, "v3", timeout=10, max_concurrency=8, max_rps=60.0, hooks=seen.hooks()) as c:
-            ids = [call.call_id for call in (await c.list_calls(ListQuery(limit=100))).calls]
-            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(100)))
-            throttled = served(simulator, 429)
-            assert throttled > 0
-            cut = seen.rates[-1]
-            simulator.config.faults.rate_limit = None
-            await asyncio.gather(*(c.get_trace(ids[i % 100]) for i in range(400)))
-            assert served(simulator, 429) == throttled
-            assert seen.rates[-1] > cut * 1.5
-
-    asyncio.run(run())
-
-
 def test_the_rate_and_throttle_reach_the_self_metrics(limited: tuple[Simulator, str]) -> None:
     simulator, url = limited
     simulator.config.faults.rate_limit = 20.0
@@ -437,3 +416,15 @@ def test_a_storm_of_429s_does_not_stall_the_rate(share: float, retry_after: bool
     assert not rate.storm
     seen = backfill(rate, clock, bucket.take, seconds=300.0, retry_after=retry_after)
     assert seen.share_refused <= 0.02
+
+
+@pytest.mark.parametrize("retry_after", [True, False], ids=["retry-after", "no-retry-after"])
+def test_the_rate_recovers_once_the_limit_is_lifted(retry_after: bool) -> None:
+    clock = Clock()
+    rate = AdaptiveRate(1000.0, clock=clock)
+    bucket = TokenBucket(rate=10.0, burst=10.0, clock=clock)
+    backfill(rate, clock, bucket.take, seconds=120.0, retry_after=retry_after)
+    assert 8.0 < rate.rate < 12.0
+    seen = backfill(rate, clock, lambda: None, seconds=120.0, retry_after=retry_after)  # the limit lifted
+    assert seen.refused == 0
+    assert rate.rate > 20.0  # found within two minutes

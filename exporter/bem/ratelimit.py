@@ -35,13 +35,14 @@ SLOW_START_STEP = 1.0
 """Rate added per successful request before the first cut: the rate grows e-fold (x2.7)
 each second of paced requests, from 5 to 100 requests/s in about 3 s."""
 AVOIDANCE_STEP = 0.01
-"""Rate added per successful request at or above the rate of the last cut, per second
-spent there: 1 % more per second at first, then faster (convex, as TCP CUBIC probes), so a
-limit that was raised or lifted is found within seconds, not minutes."""
-PROBE_RAMP = 10.0
-PLATEAU_STEP = 0.002
-"""The least rate added per successful request below the last cut's rate: 0.2 % more per
-second, so the rate lingers just below the limit it found instead of crossing it again soon."""
+PROBE_RAMP = 60.0
+"""At or above the limit the last cut found, the rate grows by AVOIDANCE_STEP (1 %) per second
+for every PROBE_RAMP seconds spent there (convex, as TCP CUBIC probes): a limit that was
+raised or lifted is found within two minutes, while probing past an unchanged one stays rare
+(at 5 requests/s with a one-second burst, one 429 in about a hundred requests)."""
+PLATEAU_STEP = 0.001
+"""The least rate added per successful request (0.1 % more per second), so the rate lingers
+just below the limit it found instead of crossing it again soon."""
 RECOVERY = 0.5
 """Below the last cut's rate, growth per second is this share of the gap to it: back near
 the limit within a few seconds of a cut, then slowly (concave, as TCP CUBIC grows)."""

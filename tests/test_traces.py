@@ -4,8 +4,6 @@ recovery with identical spans, console and none, and that nothing secret leaves.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import logging
 import socket
@@ -17,10 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certificates import self_signed
 from otlp_receiver import GrpcReceiver, HttpReceiver, receiver_for
 
 from exporter import __version__
@@ -464,25 +459,7 @@ def test_a_receiver_that_never_answers_costs_one_timeout(receiver: GrpcReceiver 
 @pytest.fixture(scope="module")
 def certificate() -> tuple[bytes, bytes]:
     """A self-signed certificate for 127.0.0.1 and its key, PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    return self_signed()
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])

@@ -4,6 +4,7 @@ driven by a clock the test moves."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import time
@@ -141,11 +142,38 @@ def test_retry_after_pauses_every_start(monkeypatch: pytest.MonkeyPatch) -> None
 
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
+        clock.now += seconds
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    began = clock.now
     ticket = asyncio.run(turn())
-    assert ticket.start == pytest.approx(clock.now + 3.0)
+    assert ticket.start == pytest.approx(began + 3.0)
     assert slept == [pytest.approx(3.0)]
+
+
+def test_a_cut_or_a_rise_paces_the_requests_already_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    rate = AdaptiveRate(100.0, initial=10.0, clock=clock)
+    for _ in range(JUDGE_WINDOW - 1):
+        rate.succeeded(Ticket(clock.now - 1.0, paced=False), latency=0.01)
+    starts: list[float] = []
+
+    async def virtual_sleep(seconds: float) -> None:
+        clock.now += seconds
+        if len(starts) == 2:  # a 429 for a request started before: the rate is cut by a tenth
+            rate.throttled(paced(clock.now - 5.0), retry_after=None)
+
+    async def queue(count: int) -> None:
+        async def one() -> None:
+            starts.append((await rate.acquire()).start)
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    monkeypatch.setattr(asyncio, "sleep", virtual_sleep)
+    asyncio.run(queue(5))
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert gaps[0] == pytest.approx(1 / 10)
+    assert gaps[1:] == [pytest.approx(1 / (10 * SMALLEST_CUT))] * 3  # all waiting, at the new pace
 
 
 def test_rising_latency_backs_off() -> None:

@@ -301,9 +301,7 @@ class AdaptiveRate:
         self._rate = min(max(initial, self._least), ceiling)
         self._clock = clock
         self._judge = OverloadJudge()
-        self._next_start = 0.0
-        self._last_start = 0.0
-        self._cuts = 0
+        self._last_start = -math.inf
         self._paused_until = 0.0
         self._resume_pending = False
         self._slow_start = True
@@ -332,22 +330,23 @@ class AdaptiveRate:
         return max(self._paused_until - self._clock(), 0.0)
 
     async def acquire(self) -> Ticket:
-        """Wait for this request's turn. A `Retry-After` pause or a cut that comes while a request
-        waits for its turn moves that turn: past the pause, or to the slower pace (turns taken
-        at the old pace would send a dozen more requests at the rate that drew the cut)."""
-        paced = False
-        while True:
-            async with self._lock:
-                now, cuts = self._clock(), self._cuts
-                start = max(now, self._next_start, self._paused_until)
-                self._next_start = start + 1.0 / self._rate
-            if start > now:
+        """Wait for this request's turn. Requests queue in order and only the first waits for
+        the clock, its turn counted from the last start at the rate in force when it comes: a
+        cut, a rise or a `Retry-After` pause applies to every request still waiting (turns
+        booked ahead at an old rate would send a dozen requests at the rate that drew a cut, or
+        hold a growing rate back for seconds)."""
+        paced = self._lock.locked()  # others ahead: the rate holds this one back too
+        async with self._lock:
+            while True:
+                now = self._clock()
+                start = max(now, self._last_start + 1.0 / self._rate, self._paused_until)
+                if start <= now:
+                    break
                 paced = True
                 await asyncio.sleep(start - now)
-            if self._paused_until <= start and self._cuts == cuts:
-                self._last_start = start
-                resumed, self._resume_pending = self._resume_pending, False
-                return Ticket(start, paced=paced, resumed=resumed)
+            self._last_start = now
+            resumed, self._resume_pending = self._resume_pending, False
+        return Ticket(now, paced=paced, resumed=resumed)
 
     def succeeded(self, ticket: Ticket, latency: float) -> None:
         queueing = self._queueing(latency)
@@ -380,8 +379,6 @@ class AdaptiveRate:
         before = self._rate
         self._rate = max(before * verdict.factor, self._least)
         self._peak = max(before * verdict.got_through, self._rate)
-        self._cuts += 1
-        self._next_start = self._last_start + 1.0 / self._rate
 
     def _step(self) -> float:
         """Rate added per successful request: `step` x requests per second = `step` per second."""

@@ -1,6 +1,6 @@
 """The API client's httpx transport on asyncio streams, against real servers on loopback:
 keep-alive, request bodies, a connection the server closed, timeouts and refusals as httpx's exceptions, TLS,
-and httpx's own transport when the environment names a proxy."""
+and httpx's own transport when the environment names a proxy (unless `NO_PROXY` covers the API)."""
 
 from __future__ import annotations
 
@@ -156,5 +156,40 @@ def test_a_proxy_named_in_the_environment_is_used(monkeypatch: pytest.MonkeyPatc
             assert proxied and proxied[0].startswith("http://bem.invalid/v3/calls")
         finally:
             await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_no_proxy_covering_the_api_host_sends_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        seen: dict[str, list[str]] = {"proxy": [], "api": []}
+
+        def recorder(name: str) -> web.Application:
+            async def record(request: web.Request) -> web.Response:
+                seen[name].append(request.path)
+                return web.json_response({"calls": [], "totalCount": 0})
+
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", record)
+            return app
+
+        runners, ports = [], []
+        for name in ("proxy", "api"):
+            runner = web.AppRunner(recorder(name))
+            await runner.setup()
+            sock = _listening()
+            ports.append(sock.getsockname()[1])
+            await web.SockSite(runner, sock).start()
+            runners.append(runner)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{ports[0]}")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        try:
+            url = f"http://127.0.0.1:{ports[1]}"
+            async with BemClient(url, "key", "v3", timeout=5, max_concurrency=2, max_rps=100, max_attempts=1) as c:
+                await c.list_calls(ListQuery())
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+        assert seen == {"proxy": [], "api": ["/v3/calls"]}
 
     asyncio.run(main())

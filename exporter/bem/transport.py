@@ -11,8 +11,8 @@ closed connection is known from the stream's own state, for free, and a read is 
 The rest is httpx and httpcore unchanged, through their public interfaces: the pools
 (`httpcore.AsyncConnectionPool`, one per connection: keep-alive, HTTP/1.1), h11, TLS from
 `httpx.create_ssl_context`, and httpcore's exceptions raised as httpx's of the same name, as
-httpx's own transport does. Proxies are not handled here: `BemClient` uses httpx's default
-transport when the environment names a proxy for the API.
+httpx's own transport does. Proxies are not handled here: `exchange.Exchange` uses httpx's
+own transport when the environment names a proxy for the API.
 """
 
 from __future__ import annotations

@@ -112,6 +112,10 @@ class _Reading:
     rate: float
 
 
+def _rate_moved(before: _Reading, after: _Reading) -> bool:
+    return abs(math.log(after.rate / before.rate)) >= math.log(STORM_RATE_CHANGE)
+
+
 def _like_a_limit(before: _Reading, after: _Reading, *, needs: float = 0.5) -> bool:
     """Whether what got through moved against the rate as under a limit (the same requests per
     second get through at any rate above it) rather than staying put as in a storm (the same
@@ -179,7 +183,7 @@ class OverloadJudge:
         if self._check is not None:
             return self._judge(self._check, ticket.start, overloaded, rate, now, asked_to_wait)
         if self._storm is not None:
-            return self._watch(self._storm, ticket, overloaded, rate, now, asked_to_wait)
+            return self._watch(self._storm, ticket.start, overloaded, rate, now, asked_to_wait)
         if overloaded and ticket.start > self._last_cut:
             # Requests started before the last cut report the overload it answered.
             return self._cut(self._lately(rate), now, rate, cuts=1)
@@ -227,7 +231,7 @@ class OverloadJudge:
         return self._cut(reading, now, check.episode_rate, check.cuts + 1)
 
     def _watch(
-        self, storm: _Storm, ticket: Turn, overloaded: bool, rate: float, now: float, asked_to_wait: bool
+        self, storm: _Storm, start: float, overloaded: bool, rate: float, now: float, asked_to_wait: bool
     ) -> Verdict | None:
         """Every two windows of answers: a storm ends when it passes, or when what gets through
         moved against a changed rate as under a limit (then the rate is cut to what got
@@ -236,7 +240,7 @@ class OverloadJudge:
         if now - storm.since > STORM_RECHECK:
             self._storm = None
             return None
-        storm.tally.add(overloaded, ticket.start, asked_to_wait)
+        storm.tally.add(overloaded, start, asked_to_wait)
         if storm.tally.answers < STORM_WINDOWS * self._window:
             return None
         tally, storm.tally = storm.tally, _Tally()
@@ -245,10 +249,10 @@ class OverloadJudge:
             self._storm = None
         elif tally.asked_to_wait:
             pass  # what gets through between pauses says little: left to STORM_RECHECK
-        elif storm.reference is None or abs(math.log(reading.rate / storm.reference.rate)) < math.log(
-            STORM_RATE_CHANGE
-        ):
-            storm.reference = storm.reference or reading
+        elif storm.reference is None:
+            storm.reference = reading
+        elif not _rate_moved(storm.reference, reading):
+            pass  # no experiment yet: the rate has not moved enough to tell
         elif _like_a_limit(storm.reference, reading, needs=STORM_DISPROOF):
             self._storm, self._limit_seen = None, now
             # The readings measured the limit: straight to just below what got through.

@@ -6,7 +6,7 @@ per call and per function call with the attributes the exporter sets (parent fro
 `sourceEventID`, events as span events), and encode batches of 100 calls as an OTLP request
 with the OpenTelemetry SDK's encoder (`encode_spans(...).SerializeToString()`), as
 `OTLPSpanExporter` does. The same batches are also encoded with the exporter's direct encoder
-(`exporter.otlp.SpanEncoder`): the floor with the cheapest encoding known here. Each step is
+(`exporter.traces.otlp.SpanEncoder`): the floor with the cheapest encoding known here. Each step is
 timed on its own (`time.process_time`), `repeat` times, and the best run is kept.
 
 `measure()` fetches the payloads from the simulator first (not timed): byte for byte what the
@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.traces.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import ReadableSpan
@@ -33,7 +33,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
-from exporter.otlp import SpanEncoder
+from exporter.traces.otlp import SpanEncoder
 
 BATCH = 100
 

@@ -60,7 +60,7 @@ def _env(url: str, state: Path) -> dict[str, str]:
 
 def run_case(limit: float, retry_after: bool, calls: int, burst_seconds: float, seed: int) -> dict[str, Any]:
     """One backfill against `limit` requests/s (0: no limit, the machine's own pace)."""
-    from exporter.bem.simulator import Faults, Simulator, SimulatorConfig, SimulatorServer
+    from exporter.simulator import Faults, Simulator, SimulatorConfig, SimulatorServer
 
     burst = max(1.0, limit * burst_seconds)
     faults = Faults(rate_limit=limit or None, rate_limit_burst=burst, rate_limit_retry_after=retry_after)

@@ -45,7 +45,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from exporter.bem.client import BemClient
 from exporter.bem.decode import decode_call_page, decode_trace
-from exporter.bem.simulator import CONTENT_MARKER, URL_MARKER, Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import CONTENT_MARKER, URL_MARKER, Simulator, SimulatorConfig, SimulatorServer
 
 MIN_FUNCTION_CALLS = 5
 MAX_FUNCTION_CALLS = 10

@@ -51,8 +51,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer  # noqa: E402
 from exporter.config import parse_duration  # noqa: E402
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer  # noqa: E402
 
 SIM_KEY = "sim-key"
 

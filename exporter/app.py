@@ -15,24 +15,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exporter import __version__
-from exporter.api_errors import api_host
 from exporter.backoff import Backoff
 from exporter.bem.client import MAX_ATTEMPTS, BemClient, ClientHooks
-from exporter.canary_driver import RECORDER, CanaryDriver, canary_of
+from exporter.bem.errors import api_host
+from exporter.canary.driver import RECORDER, CanaryDriver, canary_of
 from exporter.config import ApiSettings, Settings
-from exporter.delivery import Delivery, Retention
+from exporter.ha.leadership import FenceWatch, Leadership
+from exporter.ha.mirror import StandbyMirror
 from exporter.health import HealthLog
-from exporter.leadership import FenceWatch, Leadership
 from exporter.metrics import Metrics
 from exporter.metrics.observer import SelfMetrics
-from exporter.mirror import StandbyMirror
 from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
 from exporter.poll.progress import Listener, Progress
 from exporter.state import StateStore, StateWriteError
 from exporter.state.sqlite import SqliteStore
 from exporter.status import BackfillProgress, StatusBoard
-from exporter.traces import build_span_exporter
+from exporter.traces.delivery import Delivery, Retention
+from exporter.traces.sink import build_span_exporter
 
 if TYPE_CHECKING:  # psycopg (about 20 MiB) is imported only when the state is in PostgreSQL
     from exporter.state.postgres import PostgresStore

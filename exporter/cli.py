@@ -176,18 +176,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _command(args: argparse.Namespace, settings: Settings) -> int:
     # Imported late: `--help` and settings errors stay fast.
     if args.command == "run":
-        from exporter.runner import run
+        from exporter.commands.run import run
 
         return await run(settings)
     if args.command == "once":
-        from exporter.once import once
+        from exporter.commands.once import once
 
         return await once(settings)
     if args.command == "check":
-        from exporter.preflight import check
+        from exporter.commands.check import check
 
         return await check(settings)
-    from exporter.demo import demo
+    from exporter.commands.demo import demo
 
     return await demo(settings, args.rate, args.prefill)
 
@@ -209,7 +209,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from exporter.bem.simulator import Faults, SimulatorConfig, serve
+    from exporter.simulator import Faults, SimulatorConfig, serve
 
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():

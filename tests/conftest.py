@@ -9,8 +9,8 @@ from collections.abc import Iterator, Sequence
 import pytest
 from postgres_server import PostgresServer
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.pipeline import FinishedCall
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 SIM_KEY = "sim-key"
 

@@ -10,8 +10,8 @@ from typing import Any
 from otlp_receiver import HttpReceiver
 from processes import ExporterProcess
 
-from exporter.bem.simulator import Simulator
 from exporter.ids import trace_id_for
+from exporter.simulator import Simulator
 
 
 def log_records(exporter: ExporterProcess) -> list[dict[str, Any]]:

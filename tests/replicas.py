@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from processes import ExporterProcess
 
-from exporter.bem.simulator import Simulator
+from exporter.simulator import Simulator
 
 Series = dict[tuple[str, ...], int]
 """Label values (in the order of `SERIES`' label names) -> count."""

@@ -9,11 +9,11 @@ from typing import Any
 
 from exporter.app import bem_client
 from exporter.bem.client import ListQuery
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.config import ApiSettings, MetricsSettings, Secret
 from exporter.metrics import Metrics
 from exporter.pipeline import CycleReport, FinishedCall
 from exporter.server import HttpServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.status import SettingRow, StatusBoard
 
 TRACE_URL = "https://grafana.example/explore?left=%7B%22queries%22:%5B%7B%22query%22:%22{trace_id}%22%7D%5D%7D"

@@ -15,13 +15,13 @@ from conftest import SIM_KEY, Clock, CollectingExporter, RecordingRecorder
 
 from exporter.app import bem_client, progress_listeners
 from exporter.config import ApiSettings, MetricsSettings, PollSettings, Secret
-from exporter.delivery import Delivery, Retention
 from exporter.metrics import Metrics
 from exporter.pipeline import NullObserver
 from exporter.poll import ApiTraces, PollLoop
 from exporter.poll.progress import Progress
 from exporter.state.sqlite import SqliteStore
 from exporter.status import StatusBoard
+from exporter.traces.delivery import Delivery, Retention
 
 Start = Callable[..., Any]
 REMAINING = "bem_exporter_backfill_remaining_calls"

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.bem.create import CreateError
 from exporter.bem.models import Call, Trace
-from exporter.canary import REFERENCE_PREFIX, RESULTS, Canary, is_canary_reference, new_reference
+from exporter.canary.judge import REFERENCE_PREFIX, RESULTS, Canary, is_canary_reference, new_reference
 from exporter.pipeline import FinishedCall
 
 T0 = 1_764_480_000.0

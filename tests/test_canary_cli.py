@@ -22,8 +22,8 @@ from hostile_api import HostileApi, Reply
 from otlp_receiver import HttpReceiver
 from processes import ExporterProcess, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.ids import trace_id_for
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 WORKFLOW = "invoice-intake"
 MARKER = b"CANARY-DOC-CONTENT-5e1f0c"

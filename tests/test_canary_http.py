@@ -15,11 +15,11 @@ import pytest
 from exporter.bem.client import BemClient, ClientHooks
 from exporter.bem.create import CreatedCall, CreateError, CreateRequest, input_type_of
 from exporter.bem.decode import decode_call_page, decode_trace
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
-from exporter.canary import Canary, is_canary_reference
-from exporter.canary_driver import RECORDER, CanaryDriver, canary_of
+from exporter.canary.driver import RECORDER, CanaryDriver, canary_of
+from exporter.canary.judge import Canary, is_canary_reference
 from exporter.config import CanarySettings
 from exporter.pipeline import FinishedCall
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.state.sqlite import SqliteStore
 from exporter.state.store import Stored
 from exporter.status import StatusBoard

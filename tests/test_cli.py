@@ -18,8 +18,8 @@ from fault_helpers import log_records
 from otlp_receiver import HttpReceiver
 from processes import ROOT, ExporterProcess, free_port, run_command, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.config.table import ROWS
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 
 def test_once_prints_a_summary_and_hands_everything_on(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from dashboards import ROOT
 
-from exporter.bem.simulator import WORKFLOWS
+from exporter.simulator import WORKFLOWS
 
 DOCKERFILE = ROOT / "Dockerfile"
 STATE_DIR = "/var/lib/bem-exporter"
@@ -169,7 +169,7 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
         for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for path in ("pyproject.toml", "README.md", "exporter/cli.py", "exporter/bem/simulator/app.py"):
+    for path in ("pyproject.toml", "README.md", "exporter/cli.py", "exporter/simulator/app.py"):
         assert not _ignored(path, patterns), f"{path} is needed by the build but ignored"
     for path in (
         ".git/config",
@@ -366,7 +366,7 @@ def test_compose_runs_a_canary_against_the_simulator_and_not_against_the_real_ap
     env = exporter["environment"]
     assert env["BEM_CANARY_WORKFLOW"] in {workflow.name for workflow in WORKFLOWS}
     mounts = dict(volume.split(":")[:2] for volume in exporter["volumes"])
-    assert mounts["./exporter/bem/simulator/canary.pdf"] == env["BEM_CANARY_FILE"]
+    assert mounts["./exporter/simulator/canary.pdf"] == env["BEM_CANARY_FILE"]
     real = merge(base, load_yaml("compose.real-api.yaml"))["services"]["exporter"]["environment"]
     assert real["BEM_CANARY_WORKFLOW"] == "${BEM_CANARY_WORKFLOW:-}", "no canary call of a simulated workflow at bem"
 

@@ -15,7 +15,7 @@ from fault_helpers import missing_traces, otlp_env
 from otlp_receiver import HttpReceiver
 from processes import ExporterProcess, run_command, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 KILLS = 20
 

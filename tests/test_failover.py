@@ -32,7 +32,7 @@ from processes import ExporterProcess, wait_until
 from psycopg.rows import TupleRow
 from replicas import Replicas, assert_alive, differences, gauge, is_leader, percentile, served, truth
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 LEASE = "3s"
 POLL = "500ms"
@@ -87,7 +87,7 @@ def wait_for_truth(replica: ExporterProcess, want: dict[str, dict[tuple[str, ...
 
 
 def step_down_lines(replica: ExporterProcess) -> int:
-    """The one line a leader logs when it loses the lease (exporter/leadership.py)."""
+    """The one line a leader logs when it loses the lease (exporter/ha/leadership.py)."""
     return sum(1 for record in log_records(replica) if str(record.get("msg", "")).startswith("lost the leader lease"))
 
 

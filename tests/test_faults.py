@@ -17,7 +17,7 @@ import pytest
 from fault_helpers import log_lines, log_records, warnings
 from processes import ExporterProcess, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 # Seven exporters and simulators at once, with deadlines: run alone, not beside other files.
 pytestmark = pytest.mark.serial

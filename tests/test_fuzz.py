@@ -18,14 +18,14 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.traces.otlp.proto.common.trace_encoder import encode_spans
 
 from exporter.bem.decode import DecodeError, decode_call_page, decode_trace, decode_v2_trace
 from exporter.bem.models import Call, Trace
 from exporter.config import MetricsSettings
 from exporter.metrics import Metrics
 from exporter.pipeline import FinishedCall, NullObserver
-from exporter.spans import SpanBuilder
+from exporter.traces.spans import SpanBuilder
 
 FUZZ = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]

@@ -17,7 +17,7 @@ from fault_helpers import log_records, peak_rss_kib
 from hostile_api import Fault, HostileApi, Reply
 from processes import ExporterProcess, run_command, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 UNREACHABLE = "bem API unreachable; retrying every poll interval"
 TOO_LARGE = "bem API response too large"

@@ -23,10 +23,10 @@ from postgres_server import PostgresServer
 from processes import ROOT, ExporterProcess, wait_until
 from status_helpers import finished_calls
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.config import MetricsSettings
+from exporter.ha.mirror import StandbyMirror
 from exporter.metrics import Metrics
-from exporter.mirror import StandbyMirror
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.state import Changes
 from exporter.state.sqlite import SqliteStore
 

@@ -1,11 +1,11 @@
-"""The direct OTLP encoder (exporter/otlp.py) against the SDK's `encode_spans`: the same message."""
+"""The direct OTLP encoder (exporter/traces/otlp.py) against the SDK's `encode_spans`: the same message."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.traces.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -15,10 +15,10 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceSt
 from opentelemetry.trace.status import Status, StatusCode
 
 from exporter.bem.decode import decode_call_page, decode_trace
-from exporter.bem.simulator import Simulator, SimulatorConfig
-from exporter.otlp import SpanEncoder
 from exporter.pipeline import FinishedCall
-from exporter.spans import SpanBuilder, make_resource
+from exporter.simulator import Simulator, SimulatorConfig
+from exporter.traces.otlp import SpanEncoder
+from exporter.traces.spans import SpanBuilder, make_resource
 
 
 def same(spans: list[ReadableSpan], encoder: SpanEncoder | None = None) -> None:

@@ -13,10 +13,10 @@ from conftest import SIM_KEY, Clock, CollectingExporter, RecordingRecorder
 
 from exporter.app import bem_client
 from exporter.config import ApiSettings, PollSettings, Secret
-from exporter.delivery import Delivery, Retention
 from exporter.pipeline import CycleReport, NullObserver
 from exporter.poll import ApiTraces, PollLoop
 from exporter.state.sqlite import SqliteStore
+from exporter.traces.delivery import Delivery, Retention
 
 Start = Callable[..., Any]
 

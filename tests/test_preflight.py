@@ -18,8 +18,8 @@ from conftest import SIM_KEY
 from postgres_server import USER, PostgresServer
 from processes import ROOT, ExporterProcess, free_port
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.redact import safe_url
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.state.postgres import PostgresStore
 
 KEY_REJECTED = "the API key was rejected (HTTP 401); check BEM_API_KEY or BEM_API_KEY_FILE"

@@ -33,7 +33,7 @@ from processes import ROOT, ExporterProcess, wait_until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_server import Labels, PrometheusServer, prometheus_binary
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 pytestmark = pytest.mark.skipif(
     prometheus_binary() is None, reason="needs the prometheus binary (scripts/test installs it)"

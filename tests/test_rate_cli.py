@@ -14,7 +14,7 @@ import httpx
 from conftest import SIM_KEY
 from processes import ROOT, free_port, run_command, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 
 @contextmanager

@@ -18,10 +18,10 @@ from exporter.app import client_hooks
 from exporter.bem.client import BemClient, ClientHooks, ListQuery
 from exporter.bem.overload import CUT_MARGIN, JUDGE_WINDOW, LARGEST_CUT, SMALLEST_CUT
 from exporter.bem.ratelimit import INITIAL_RATE, LATENCY_WARMUP, AdaptiveRate, Ticket
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
-from exporter.bem.simulator.ratelimit import KeyedLimits, TokenBucket, retry_after_header
 from exporter.config import MetricsSettings
 from exporter.metrics import Metrics
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator.ratelimit import KeyedLimits, TokenBucket, retry_after_header
 
 
 class Clock:

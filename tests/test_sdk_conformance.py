@@ -40,8 +40,8 @@ from pydantic import BaseModel  # noqa: E402
 
 from exporter.bem import models  # noqa: E402
 from exporter.bem.decode import decode_call_page, decode_trace  # noqa: E402
-from exporter.bem.simulator import WORKFLOWS, Faults, Simulator, SimulatorConfig, SimulatorServer  # noqa: E402
-from exporter.bem.simulator.catalog import DIRECT_FUNCTIONS  # noqa: E402
+from exporter.simulator import WORKFLOWS, Faults, Simulator, SimulatorConfig, SimulatorServer  # noqa: E402
+from exporter.simulator.catalog import DIRECT_FUNCTIONS  # noqa: E402
 
 KEY = "sim-key"
 JSON = dict[str, Any]

@@ -19,7 +19,7 @@ from otlp_receiver import HttpReceiver
 from processes import ExporterProcess, run_command, wait_until
 from test_server import _self_signed
 
-from exporter.bem.simulator import CONTENT_MARKER, URL_MARKER, Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import CONTENT_MARKER, URL_MARKER, Simulator, SimulatorConfig, SimulatorServer
 
 API_KEY = "bemkey-Zq8SECRETw3Xv"
 VENDOR_KEY = "vendor-ingest-K9SECRETpL"

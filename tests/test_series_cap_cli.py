@@ -16,7 +16,7 @@ from fault_helpers import finished_ids, peak_rss_kib
 from hostile_api import HostileApi, Reply
 from processes import ExporterProcess, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 CAP = 300
 WORKFLOWS = 60

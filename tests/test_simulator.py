@@ -18,7 +18,7 @@ import bem
 import httpx
 import pytest
 
-from exporter.bem.simulator import (
+from exporter.simulator import (
     CONTENT_MARKER,
     URL_MARKER,
     Faults,

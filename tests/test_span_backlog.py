@@ -1,6 +1,6 @@
 """The trace backend down for longer than the span backlog holds.
 
-Documented policy (exporter/delivery.py, docs/reliability.md): up to BEM_SPAN_BACKLOG finished
+Documented policy (exporter/traces/delivery.py, docs/reliability.md): up to BEM_SPAN_BACKLOG finished
 calls wait in memory; beyond that they wait in the state (counted, not exported) and are
 fetched from the API again once the backend is back; spans are given up on only past the
 retention window, counted in bem_exporter_spans_dropped_total."""
@@ -15,7 +15,7 @@ from fault_helpers import log_lines, missing_traces, otlp_env, rss_kib
 from otlp_receiver import HttpReceiver
 from processes import ExporterProcess, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 BACKLOG = 50
 OUTAGE_SECONDS = 8.0

@@ -23,9 +23,9 @@ from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
 from exporter.ids import CANARY_REFERENCE_PREFIX, trace_id_for
 from exporter.pipeline import FinishedCall, NullObserver
-from exporter.spans import MAX_ERROR_KIND_LENGTH, MAX_STRING_LENGTH, SpanBuilder, build_spans, to_ns
-from exporter.traces import DEFAULT_MAX_EXPORT_BYTES, build_span_exporter
-from exporter.tracetree import render_tree
+from exporter.traces.sink import DEFAULT_MAX_EXPORT_BYTES, build_span_exporter
+from exporter.traces.spans import MAX_ERROR_KIND_LENGTH, MAX_STRING_LENGTH, SpanBuilder, build_spans, to_ns
+from exporter.traces.tree import render_tree
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 CONTENT = "DOC-CONTENT-7f3a"

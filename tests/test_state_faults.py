@@ -20,7 +20,7 @@ import pytest
 from fault_helpers import log_records
 from processes import ExporterProcess, run_command, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 FULL_SECONDS = 6.0
 

@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.bem.simulator import CONTENT_MARKER, URL_MARKER
 from exporter.config import BasicAuth, Secret
 from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall
+from exporter.simulator import CONTENT_MARKER, URL_MARKER
 from exporter.status import (
     CALLS_KEPT,
     CONTENT_SECURITY_POLICY,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from exporter.bem.simulator import CONTENT_MARKER, URL_MARKER
 from exporter.config import BasicAuth, Secret
 from exporter.ids import trace_id_for
 from exporter.pipeline import FinishedCall
+from exporter.simulator import CONTENT_MARKER, URL_MARKER
 from exporter.status import CONTENT_SECURITY_POLICY
 from tests.browser import Browser, Page
 from tests.status_helpers import API_KEY, PASSWORD, TRACE_URL, fed_board, finished_calls, serving

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from exporter.bem.simulator import CONTENT_MARKER, URL_MARKER, Simulator, SimulatorConfig, SimulatorServer
 from exporter.ids import trace_id_for
+from exporter.simulator import CONTENT_MARKER, URL_MARKER, Simulator, SimulatorConfig, SimulatorServer
 from tests.browser import Browser, Page
 from tests.processes import ExporterProcess, wait_until
 from tests.status_helpers import TRACE_URL

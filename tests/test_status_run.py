@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.ids import trace_id_for
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 from tests.browser import load_page
 from tests.processes import ExporterProcess, wait_until
 

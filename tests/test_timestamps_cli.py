@@ -19,7 +19,7 @@ from aiohttp import web
 from fault_helpers import finished_ids
 from processes import ExporterProcess, free_port, wait_until
 
-from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 FAR_FUTURE = "2200-01-01T00:00:00Z"
 _HOP_HEADERS = ("host", "content-length", "accept-encoding", "connection")

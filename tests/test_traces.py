@@ -22,10 +22,10 @@ from exporter import __version__
 from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
 from exporter.ids import NUMBER_OUT_OF_RANGE, UNBUILDABLE
-from exporter.otlp import SpanEncoder
 from exporter.pipeline import FinishedCall, NullObserver
-from exporter.spans import SpanBuilder, make_resource
-from exporter.traces import OtlpSpanExporter, build_span_exporter, grpc_insecure
+from exporter.traces.otlp import SpanEncoder
+from exporter.traces.sink import OtlpSpanExporter, build_span_exporter, grpc_insecure
+from exporter.traces.spans import SpanBuilder, make_resource
 from exporter.traces.transport import Outcome
 
 TIMEOUT = 1.0

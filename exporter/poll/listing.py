@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from exporter.api_errors import Cause, cause_of, describe, resolves
 from exporter.bem.client import ApiError, BemClient, ListQuery
 from exporter.bem.decode import CallPage
+from exporter.bem.errors import Cause, cause_of, describe, resolves
 
 log = logging.getLogger("exporter.poll")
 

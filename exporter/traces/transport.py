@@ -1,7 +1,8 @@
 """Encoded OTLP export requests onto the wire, through public interfaces only.
 
-HTTP/protobuf is an httpx POST of the body (here); gRPC is grpcio's generic unary call of
-`TraceService/Export` with bytes in and bytes out (`grpc_transport`). Both honour what the
+HTTP/protobuf is an httpx POST of the body (`http_transport`); gRPC is grpcio's generic unary
+call of `TraceService/Export` with bytes in and bytes out (`grpc_transport`). This module holds
+what both share: the options, the verdicts and the retry rule. Both honour what the
 SDK's exporters honoured: endpoint, headers, timeout, gzip compression, TLS (a CA file, a
 client key and certificate), retries on retryable answers within the timeout, and for gRPC
 short reconnect backoffs.
@@ -16,16 +17,12 @@ under them would drop every call.
 
 from __future__ import annotations
 
-import gzip
 import logging
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
-
-import httpx
 
 from exporter import __version__
 from exporter.backoff import Backoff
@@ -107,15 +104,6 @@ def options_from_env(
     )
 
 
-def make_transport(protocol: str, options: TransportOptions) -> Transport:
-    if protocol == "grpc":
-        # Imported only when used: grpcio costs start-up time and memory an HTTP user never needs.
-        from exporter.traces.grpc_transport import GrpcTransport
-
-        return GrpcTransport(options)
-    return HttpTransport(options)
-
-
 def with_retries(attempt: Callable[[float], Outcome], timeout: float) -> Outcome:
     """`attempt(seconds_left)` until it is not retryable or the next wait would pass the
     timeout (the SDK's rule): jittered, doubling waits from one second."""
@@ -129,59 +117,3 @@ def with_retries(attempt: Callable[[float], Outcome], timeout: float) -> Outcome
         if time.monotonic() + wait >= deadline:
             return outcome
         time.sleep(wait)
-
-
-# ---------------------------------------------------------------------------------------------
-# HTTP/protobuf
-# ---------------------------------------------------------------------------------------------
-
-
-class HttpTransport:
-    """POSTs the request body to the endpoint with a synchronous httpx client (pooled)."""
-
-    def __init__(self, options: TransportOptions) -> None:
-        self._options = options
-        headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT}
-        headers.update(options.headers)
-        if options.compression == "gzip":
-            headers["Content-Encoding"] = "gzip"
-        self._client = httpx.Client(
-            headers=headers, verify=http_tls_context(options), timeout=options.timeout, follow_redirects=False
-        )
-
-    def send(self, body: bytes) -> Outcome:
-        if self._options.compression == "gzip":
-            body = gzip.compress(body, compresslevel=6)
-        return with_retries(lambda seconds_left: self._post(body, seconds_left), self._options.timeout)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def _post(self, body: bytes, seconds_left: float) -> Outcome:
-        try:
-            response = self._client.post(self._options.endpoint, content=body, timeout=seconds_left)
-        except httpx.TimeoutException:
-            return Outcome("unavailable", f"no answer within {self._options.timeout:g} s")
-        except httpx.HTTPError as error:
-            return Outcome("unavailable", type(error).__name__, retryable=True)
-        return http_outcome(response.status_code)
-
-
-def http_outcome(code: int) -> Outcome:
-    if 200 <= code < 300:
-        return ACCEPTED
-    detail = f"HTTP {code}"
-    if code in _RETRY_HTTP:
-        return Outcome("unavailable", detail, retryable=True)
-    if 400 <= code < 500 and code not in _NOT_ABOUT_CONTENT:
-        return Outcome("rejected", detail)
-    return Outcome("unavailable", detail)
-
-
-def http_tls_context(options: TransportOptions) -> ssl.SSLContext:
-    context = httpx.create_ssl_context()
-    if options.certificate is not None:
-        context.load_verify_locations(cafile=options.certificate)
-    if options.client_certificate is not None:
-        context.load_cert_chain(options.client_certificate, options.client_key)
-    return context

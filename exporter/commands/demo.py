@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
 
+from exporter.commands.run import run
 from exporter.config import CanarySettings, Secret, Settings
 from exporter.pipeline import FinishedCall, SpanExporter
-from exporter.runner import run
-from exporter.tracetree import render_tree
+from exporter.traces.tree import render_tree
 
 TREES_PER_BATCH = 2
 """Trees printed per export batch: a sample a terminal can follow, not every call."""
@@ -31,7 +31,7 @@ class TreePrinter:
 
 
 async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
-    from exporter.bem.simulator import Simulator, SimulatorConfig, SimulatorServer
+    from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
     simulator = Simulator(SimulatorConfig(seed=7, arrival_rate=simulator_rate, prefill=prefill, history=1800.0))
     with SimulatorServer(simulator) as sim_url:
@@ -63,7 +63,7 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
 
 
 def _sim_key() -> Secret | None:
-    from exporter.bem.simulator import SimulatorConfig
+    from exporter.simulator import SimulatorConfig
 
     key = SimulatorConfig().api_key
     return Secret(key) if key else None
@@ -75,5 +75,5 @@ DEMO_CANARY_WORKFLOW = "invoice-intake"
 
 def demo_canary() -> CanarySettings:
     """The demo's canary: one call a minute with the one-page PDF shipped in the package."""
-    document = resources.files("exporter.bem.simulator").joinpath("canary.pdf")
+    document = resources.files("exporter.simulator").joinpath("canary.pdf")
     return CanarySettings(DEMO_CANARY_WORKFLOW, str(document), document.read_bytes(), interval=60.0)

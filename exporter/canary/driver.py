@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from exporter.bem.client import BemClient
 from exporter.bem.create import CreateRequest, input_type_of
-from exporter.canary import Canary
+from exporter.canary.judge import Canary
 from exporter.config import CanarySettings
 from exporter.health import HealthLog
 from exporter.state.store import Changes, StateError, StateStore, StateWriteError

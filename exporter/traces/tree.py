@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.ids import trace_id_for
 from exporter.pipeline import FinishedCall
-from exporter.spans import build_spans
+from exporter.traces.spans import build_spans
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan

@@ -16,9 +16,9 @@ import sqlite3
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from exporter.api_errors import api_host, describe, resolves
 from exporter.app import bem_client
 from exporter.bem.client import ApiError, ListQuery
+from exporter.bem.errors import api_host, describe, resolves
 from exporter.config import Settings
 from exporter.config.model import ApiSettings, MetricsSettings, StateSettings, TraceSettings
 from exporter.redact import safe_url

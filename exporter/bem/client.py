@@ -194,7 +194,7 @@ class BemClient:
     async def list_calls(self, query: ListQuery, *, attempts: int | None = None) -> CallPage:
         """One page of calls. `attempts` overrides the number of tries (1: a single probe)."""
         endpoint = f"/{self._version}/calls"
-        page = await self._get(endpoint, f"{self._version}/calls", query.params(), decode_call_page, attempts)
+        page = await self.get(endpoint, f"{self._version}/calls", query.params(), decode_call_page, attempts)
         if page.rejected:
             self._hooks.rejected("call", page.rejected)
             # Counted (bem_exporter_rejected_records_total) and summed in the cycle's log line.
@@ -205,10 +205,10 @@ class BemClient:
         """The function calls and events of one call (v3 trace endpoint, or v2's embedded trace)."""
         if self._version == "v2":
             endpoint = "/v2/calls/{callID}"
-            trace = await self._get(endpoint, f"v2/calls/{_path_segment(call_id)}", None, decode_v2_trace)
+            trace = await self.get(endpoint, f"v2/calls/{_path_segment(call_id)}", None, decode_v2_trace)
         else:
             endpoint = "/v3/calls/{callID}/trace"
-            trace = await self._get(endpoint, f"v3/calls/{_path_segment(call_id)}/trace", None, decode_trace)
+            trace = await self.get(endpoint, f"v3/calls/{_path_segment(call_id)}/trace", None, decode_trace)
         if trace.rejected:
             self._hooks.rejected("trace_record", trace.rejected)
             log.debug("skipped undecodable trace records", extra={"call_id": call_id, "count": trace.rejected})
@@ -226,11 +226,11 @@ class BemClient:
             return decode_created(answer, self._version)
 
         try:
-            return await self._request(_Call(endpoint, path, body=body, refused=refusal), decode)
+            return await self.post(endpoint, path, body, decode, refusal)
         except ApiError as error:
             raise CreateError(str(error), error.status) from None
 
-    async def _get(
+    async def get(
         self,
         endpoint: str,
         path: str,
@@ -238,7 +238,17 @@ class BemClient:
         decode: Callable[[bytes], T],
         attempts: int | None = None,
     ) -> T:
+        """`GET path` (relative to the base URL, e.g. `v3/functions/metrics`), limited, paced,
+        retried and reported like every request; `endpoint` is the template that names it in
+        metrics and errors. `decode` raises `DecodeError` for a body it cannot read."""
         return await self._request(_Call(endpoint, path, params), decode, attempts)
+
+    async def post(
+        self, endpoint: str, path: str, body: bytes, decode: Callable[[bytes], T], refused: Callable[[int], str]
+    ) -> T:
+        """`POST path` with a JSON `body`, as `get` does it; `refused(status)` says what a final
+        4xx answer means. Retried like any request: only for requests safe to repeat."""
+        return await self._request(_Call(endpoint, path, body=body, refused=refused), decode)
 
     async def _request(self, call: _Call, decode: Callable[[bytes], T], attempts: int | None = None) -> T:
         """Send and decode, with limits and retries. A body that is not the expected JSON

@@ -40,3 +40,14 @@ def redact_text(text: str, secrets: Iterable[str] = (), limit: int | None = None
         if secret:
             text = text.replace(secret, MASK)
     return text if limit is None else text[:limit]
+
+
+MAX_NAME_LENGTH = 128
+"""Longest name or kind from the API kept as a label value, span name or attribute."""
+
+
+def safe_name(value: str) -> str:
+    """A name, type or kind from the API made safe to become a label value, span name or
+    attribute: free text like any message (URLs cut down), and bounded. Every such string
+    passes here before it is stored or exported."""
+    return redact_text(value, limit=MAX_NAME_LENGTH)

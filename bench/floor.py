@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from opentelemetry.exporter.traces.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import ReadableSpan

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Imported up front so that no import lands inside the measured interval.
-import opentelemetry.exporter.traces.otlp.proto.common.trace_encoder  # noqa: E402
-import opentelemetry.exporter.traces.otlp.proto.http.trace_exporter  # noqa: E402, F401
+import opentelemetry.exporter.otlp.proto.common.trace_encoder  # noqa: E402
+import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: E402, F401
 
 from exporter import app  # noqa: E402
 from exporter.commands.run import run  # noqa: E402

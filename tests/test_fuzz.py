@@ -18,7 +18,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.exporter.traces.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from exporter.bem.decode import DecodeError, decode_call_page, decode_trace, decode_v2_trace
 from exporter.bem.models import Call, Trace

@@ -705,7 +705,7 @@ def check_replicated_run(
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
 # --- the synthetic canary ----------------------------------------------------------------------
 
-CANARY_DOCUMENT = ROOT / "exporter" / "bem" / "simulator" / "canary.pdf"
+CANARY_DOCUMENT = ROOT / "exporter" / "simulator" / "canary.pdf"
 RUN_CANARY_WORKFLOW = "email-router"
 """The canary's workflow in the shared run, one of its busiest: the dashboard test selects it as
 `$workflow`, so the canary row's panels show its canary."""

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
 from exporter.redact import MASK, redact_text
+from exporter.status.webhooks import WebhookBoard, WebhookSummary
 
 Role = Literal["single", "leader", "standby"]
 SettingSource = Literal["flag", "environment", "file", "default"]
@@ -114,6 +115,8 @@ class StatusSnapshot:
     backfill: BackfillProgress | None
     settings: tuple[SettingRow, ...]
     trace_url: str | None
+    webhooks: WebhookSummary | None = None
+    """None: no webhook listener."""
 
     def trace_link(self, trace_id: str) -> str | None:
         return self.trace_url.replace(TRACE_ID_PLACEHOLDER, trace_id) if self.trace_url else None
@@ -155,6 +158,8 @@ class StatusBoard:
         self._canary: CanarySummary | None = None
         self._backfill: BackfillProgress | None = None
         self._settings: tuple[SettingRow, ...] = ()
+        self.webhooks: WebhookBoard | None = None
+        """The webhook section, when the listener is on (set by the wiring)."""
 
     def set_role(self, role: Role) -> None:
         with self._lock:
@@ -234,6 +239,7 @@ class StatusBoard:
                 backfill=self._backfill,
                 settings=self._settings,
                 trace_url=self._trace_url,
+                webhooks=self.webhooks.summary() if self.webhooks is not None else None,
             )
 
 

@@ -99,7 +99,7 @@ class Exporter:
         report = await self.poller.follow_hints()
         self.metrics.observer.webhook_counted(report.counted)
         if self.webhook_board is not None and self.poller.hints is not None:
-            self.webhook_board.hints_followed(report.counted, self.poller.hints.followed)
+            self.webhook_board.hints_followed(report.refreshed, report.counted, self.poller.hints.followed)
         return report
 
 

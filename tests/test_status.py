@@ -53,7 +53,7 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
     board.webhooks.listening("http://127.0.0.1:9878/webhook")
     for result, delay in (("accepted", 0.25), ("duplicate", None), ("bad_signature", None)):
         board.webhooks.webhook_received(result, delay)
-    board.webhooks.hints_followed(counted=2, followed=1)
+    board.webhooks.hints_followed(read=3, counted=2, followed=1)
 
     async def scenario(url: str, client: httpx.AsyncClient) -> None:
         response = await client.get(f"{url}/status.json")
@@ -71,7 +71,7 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
                          "malformed": 0, "too_large": 0},
             "last_accepted_at": "2023-11-14T22:13:20.000Z", "last_delay_seconds": 0.25,
             "last_refused": "bad_signature", "last_refused_at": "2023-11-14T22:13:20.000Z",
-            "followed": 1, "counted": 2,
+            "followed": 1, "read": 3, "counted": 2,
         }  # fmt: skip
         assert (document["schema"], document["version"], document["role"]) == (1, "9.9.9", "single")
         assert document["api"]["state"] == "up" and document["api"]["last_error"] is None

@@ -125,5 +125,6 @@ def _webhooks(summary: WebhookSummary) -> dict[str, Any]:
         "last_refused": summary.last_refused,
         "last_refused_at": iso(summary.last_refused_at),
         "followed": summary.followed,
+        "read": summary.read,
         "counted": summary.counted,
     }

@@ -135,6 +135,7 @@ def _webhooks_section(summary: WebhookSummary | None) -> str:
         ("its delay", _seconds(summary.last_delay_seconds)),
         ("last refused", refused),
         ("calls followed now", _e(summary.followed)),
+        ("calls read for them", _e(summary.read)),
         ("calls counted sooner", _e(summary.counted)),
     )
     return f'<section id="webhooks"><h2>Webhooks</h2>{_pairs(rows)}</section>'

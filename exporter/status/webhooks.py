@@ -30,6 +30,8 @@ class WebhookSummary:
     last_refused_at: float | None
     followed: int
     """Calls this replica follows for webhooks now (the leader's poll loop)."""
+    read: int
+    """Call records read because webhooks named them."""
     counted: int
     """Calls counted by reads and listings that webhooks brought forward."""
 
@@ -47,6 +49,7 @@ class WebhookBoard:
         self._delay: float | None = None
         self._refused: tuple[str, float] | None = None
         self._followed = 0
+        self._read = 0
         self._counted = 0
 
     def listening(self, url: str) -> None:
@@ -62,8 +65,9 @@ class WebhookBoard:
             elif result != "duplicate":
                 self._refused = (result, now)
 
-    def hints_followed(self, counted: int, followed: int) -> None:
+    def hints_followed(self, read: int, counted: int, followed: int) -> None:
         with self._lock:
+            self._read += read
             self._counted += counted
             self._followed = followed
 
@@ -79,5 +83,6 @@ class WebhookBoard:
                 last_refused=refused,
                 last_refused_at=refused_at,
                 followed=self._followed,
+                read=self._read,
                 counted=self._counted,
             )

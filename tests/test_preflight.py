@@ -111,7 +111,8 @@ def test_the_webhook_listener_is_bound_and_its_secret_masked(api: str, tmp_path:
 def test_a_webhook_listener_with_neither_a_secret_nor_unsigned_allowed_fails(api: str, tmp_path: Path) -> None:
     result = check(api, tmp_path / "state.sqlite", BEM_WEBHOOK_LISTEN=f"127.0.0.1:{free_port()}")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("bem-exporter: error: BEM_WEBHOOK_SECRET: required")
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("bem-exporter: error: BEM_WEBHOOK_SECRET: required")
     unsigned = check(
         api, tmp_path / "state.sqlite", BEM_WEBHOOK_LISTEN=f"127.0.0.1:{free_port()}", BEM_WEBHOOK_ALLOW_UNSIGNED="true"
     )

@@ -338,3 +338,28 @@ def test_a_call_still_running_is_read_again_on_a_backoff_for_a_bounded_time() ->
     tick.now += 0.05
     queue.note("cl_1")
     assert queue.next_due() == pytest.approx(tick.now - 0.05 + STEP_GAP)
+
+
+# --- conformance with bem-sdk ---------------------------------------------------------------------
+
+
+def test_the_hint_agrees_with_bem_sdks_reading_of_every_event_the_simulator_emits() -> None:
+    """bem-sdk's `webhooks.unwrap` is the exact statement of a delivery's shape: the fields a
+    hint takes are the ones it reads, for every event type the simulator's calls emit."""
+    import bem
+
+    from exporter.simulator import Simulator, SimulatorConfig
+    from exporter.webhooks.event import parse_event
+
+    sdk = bem.Bem(api_key="unused", base_url="http://127.0.0.1:9")
+    simulator = Simulator(SimulatorConfig(seed=5, prefill=60, arrival_rate=0.0, history=3600.0))
+    seen: set[str] = set()
+    for call_id in simulator.call_ids():
+        for event in simulator.trace(call_id)["events"]:
+            body = body_of(event)
+            hint, typed = parse_event(body), sdk.webhooks.unwrap(body.decode())
+            assert (hint.event_id, hint.call_id) == (typed.event_id, typed.call_id)
+            if typed.created_at is not None:
+                assert hint.created_at == pytest.approx(typed.created_at.timestamp())
+            seen.add(event["eventType"])
+    assert {"extract", "classify", "error"} <= seen, seen

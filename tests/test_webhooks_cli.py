@@ -11,6 +11,7 @@ count) did not move between the call's finishing and its being counted.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ def test_finished_calls_are_counted_from_webhooks_alone(tmp_path: Path, sim_fact
         document = status(exporter)
         assert document["webhooks"]["counted"] == 8 and document["webhooks"]["handover"] == "memory"
         assert document["webhooks"]["url"] == hook
+        shown = exporter.metrics() + json.dumps(document) + exporter.log()
+        assert SECRET not in shown and "old-secret-being-rotated" not in shown
 
 
 def test_a_thousand_deliveries_for_one_call_cost_a_handful_of_requests(

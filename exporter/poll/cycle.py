@@ -93,7 +93,7 @@ class PollLoop:
         report = CycleReport()
         self._batch.in_progress = {}
         if self.hints is not None:
-            self.hints.listed(time.monotonic())
+            self.hints.listed()
         listed = await self._run_parts(report)
         report.ok = listed and self.state_ok
         if report.ok:

@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-FIRST_RECHECK: Final = 0.2
+FIRST_RECHECK: Final = 0.25
 MAX_RECHECK: Final = 2.0
 FOLLOW_FOR: Final = 10.0
-STEP_GAP: Final = 0.2
+STEP_GAP: Final = 0.5
 LISTING_GAP: Final = 1.0
 MAX_FOLLOWED: Final = 10_000
 """Calls followed at once; hints for more only ask for a listing (the poll reconciles)."""
@@ -103,12 +103,14 @@ class HintQueue:
             follow.due = now + follow.recheck
         listing = self._listing_wanted is not None and now >= self._last_listing + LISTING_GAP
         if listing:
-            self.listed(now)
+            self._listed(now)
         return due, listing
 
-    def listed(self, at: float) -> None:
-        """A listing started at `at` (a regular cycle's, or an early one): hints older than it
-        need no other."""
+    def listed(self) -> None:
+        """A regular cycle starts listing now: hints older than it need no early listing."""
+        self._listed(self._clock())
+
+    def _listed(self, at: float) -> None:
         self._last_listing = max(self._last_listing, at)
         if self._listing_wanted is not None and self._listing_wanted <= at:
             self._listing_wanted = None

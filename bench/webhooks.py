@@ -115,6 +115,16 @@ class Deliverer:
             self.answers[0] += 1
 
 
+def wait_listening(url: str, worker: subprocess.Popen[str]) -> None:
+    """Until the exporter's webhook listener answers (a GET is 405 there)."""
+    while worker.poll() is None:
+        try:
+            httpx.get(url, timeout=5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+
 def one_run(
     poll_interval: float, webhooks: bool, duration: float, rate: float, seed: int, workdir: Path
 ) -> dict[str, Any]:
@@ -149,7 +159,7 @@ def one_run(
             text=True,
         )
         if deliverer is not None:
-            time.sleep(2.0)  # the listener is up well before the first cycle ends
+            wait_listening(f"http://127.0.0.1:{port}/webhook", worker)
             deliverer.start()
         out, err = worker.communicate(timeout=duration + 120)
         if worker.returncode != 0:

@@ -12,7 +12,16 @@ from conftest import Clock
 from postgres_server import PostgresServer
 from processes import ExporterProcess, free_port, wait_until
 from replicas import Replicas, differences, served, truth
-from test_webhooks_cli import RUN_OUT, counted, create, cycles, received, settled_simulator, status
+from test_webhooks_cli import (
+    RUN_OUT,
+    counted,
+    create,
+    cycles,
+    first_poll_done,
+    received,
+    settled_simulator,
+    status,
+)
 from webhook_helpers import SECRET, body_of, deliver, events_of, signed
 
 
@@ -30,7 +39,7 @@ def test_deliveries_to_the_standby_are_counted_on_the_leader_through_the_shared_
         standby = next(replica for replica in replicas.live if replica is not leader)
         hook = f"http://127.0.0.1:{ports[replicas.live.index(standby)]}/webhook"
         wait_until(lambda: httpx.get(hook, timeout=5).status_code == 405, 30, what="the standby's listener")
-        wait_until(lambda: counted(leader) == 3, 30, what="the leader's first poll")
+        first_poll_done(leader, 3)
         polls = cycles(leader)
 
         calls = create(simulator, 5)

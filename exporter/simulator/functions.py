@@ -2,7 +2,8 @@
 
 Each function's document carries the fields bem-sdk requires of its type, with placeholder
 settings (no schema, prompt or document of the simulated account says anything), and
-`usedInWorkflows`. The listing filters on `functionIDs`, `functionNames`, `workflowIDs`,
+`usedInWorkflows`. A function of bem's legacy type `route` shows classify's fields (bem-sdk's
+union has no route member). The listing filters on `functionIDs`, `functionNames`, `workflowIDs`,
 `workflowNames` and `types`, in functionID order with `startingAfter`/`endingBefore` cursors.
 """
 
@@ -46,6 +47,7 @@ _BY_TYPE: dict[str, dict[str, Any]] = {
     "extract": {"enableBoundingBoxes": False, "preCount": False, **_SCHEMA_FIELDS},
     "analyze": {"enableBoundingBoxes": False, "preCount": False, **_SCHEMA_FIELDS},
     "classify": {"classifications": [{"name": "other"}], "description": "", "emailAddress": ""},
+    "route": {"classifications": [{"name": "other"}], "description": "", "emailAddress": ""},
     "send": {"destinationType": "webhook"},
     "split": {"splitType": "print_page"},
     "join": {"description": "", "joinType": "standard", **_SCHEMA_FIELDS},

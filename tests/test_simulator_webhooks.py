@@ -10,6 +10,8 @@ they take seconds whatever the machine's load, and compare with the simulator's 
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +23,8 @@ from typing import Any, get_args
 import httpx
 import pytest
 from conftest import Clock
-from processes import wait_until
+from processes import ROOT, wait_until
+from test_rate_cli import simulate
 from webhook_receiver import ABORT, HANG, Received, WebhookReceiver, verify
 
 from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
@@ -495,3 +498,27 @@ def test_deliveries_are_the_sdks_webhook_events() -> None:
             validated[r.doc["eventType"]] += 1
     assert len(received) == len(expected)
     assert {"extract", "classify", "split_collection", "join", "enrich", "send", "error"} <= set(validated)
+
+
+# -- `bem-exporter simulate` -------------------------------------------------------------------
+
+
+def test_simulate_takes_the_webhook_knobs_as_flags() -> None:
+    flags = ("--rate", "5", "--speed", "50", "--webhook-secret", "flag-secret", "--webhook-duplicate-rate", "1")
+    with WebhookReceiver() as receiver, simulate(*flags) as url:
+        subscribe(url, receiver.url, sorted(FUNCTIONS))
+        wait_until(lambda: len(receiver.received()) >= 40, 60, what="40 deliveries")
+        received = receiver.received()
+    assert {verify(r.headers.get("bem-signature"), r.body, ["flag-secret"], time.time()) for r in received} == {"valid"}
+    assert max(Counter(r.event_id for r in received).values()) == 2, "every delivery made twice"
+
+
+def test_simulate_refuses_a_knob_out_of_range_naming_its_flag() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "simulate", "--webhook-drop-rate", "1.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "bem-exporter: error: simulate: --webhook-drop-rate must be within 0..1, got 1.5"
+    ]

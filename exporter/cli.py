@@ -44,21 +44,26 @@ EPILOGS = {
     "check": SETTINGS_EPILOG + KEY_EPILOG,
     "demo": SETTINGS_EPILOG + "The demo runs against its own simulator: it needs no API URL and no key.\n",
     "simulate": "The simulator accepts the key given by --api-key (sim-key unless told).\n",
+    "subscribe": SETTINGS_EPILOG + KEY_EPILOG + "Setting it up: docs/webhooks.md.\n",
 }
 
 CONFIG_HELP = "TOML file of settings (keys: docs/configuration.md; default none)"
 
 # A demo runs against its own simulator: it takes neither an API URL nor a key.
 _NOT_IN_DEMO = frozenset({"BEM_API_URL", "BEM_API_KEY_FILE"})
+# `subscribe` talks to the API and says what it did: nothing else applies to it.
+_SUBSCRIBE_SECTIONS = frozenset({"api", "logs"})
+
+
+def _takes(command: str, row: Row) -> bool:
+    if command == "demo":
+        return row.env not in _NOT_IN_DEMO
+    return command != "subscribe" or row.section in _SUBSCRIBE_SECTIONS
 
 
 def _flag_rows(command: str) -> list[tuple[str, Row]]:
     """(flag, row) of every setting `command` takes as a flag."""
-    return [
-        (row.flag_name, row)
-        for row in ROWS
-        if row.flag_name and not (command == "demo" and row.env in _NOT_IN_DEMO)
-    ]
+    return [(row.flag_name, row) for row in ROWS if row.flag_name and _takes(command, row)]
 
 
 def _flag_help(row: Row) -> str:
@@ -93,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo": "run against a built-in simulated bem API with live traffic; no API key needed",
         "simulate": "run only the bem API simulator (for compose, tests and benchmarks)",
         "check": "validate the settings and reach the API and the OTLP endpoint",
+        "subscribe": "create the webhook subscriptions the exporter needs (dry run unless --apply)",
     }
     for name, text in helps.items():
         command = commands.add_parser(
@@ -103,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
             continue
         command.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
         _setting_flags(command, name)
+        if name == "subscribe":
+            hooks = command.add_argument_group("Subscriptions")
+            hooks.add_argument("--url", required=True, help="the exporter's webhook URL, as bem will call it")
+            hooks.add_argument("--apply", action="store_true", help="create the missing ones (default: only show them)")
         if name == "demo":
             demo = command.add_argument_group("Demo")
             demo.add_argument("--rate", type=float, default=1.0, help="simulated new calls per second (default 1)")
@@ -191,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "simulate":
             return _simulate(args)
         settings = _settings(args)
+        if args.command == "subscribe":
+            from exporter.commands.subscribe import webhook_url
+
+            args.url = webhook_url(args.url)
     except SettingsError as error:
         print(f"bem-exporter: error: {error}", file=sys.stderr)
         return 2
@@ -222,6 +236,10 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
         from exporter.commands.check import check
 
         return await check(settings)
+    if args.command == "subscribe":
+        from exporter.commands.subscribe import subscribe
+
+        return await subscribe(settings, args.url, args.apply)
     from exporter.commands.demo import demo
 
     return await demo(settings, args.rate, args.prefill)
@@ -240,7 +258,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         flags.setdefault("BEM_STATE_URL", "")
         flags.setdefault("BEM_POLL_INTERVAL", "5s")
         flags.setdefault("BEM_LOOKBACK", "1h")
-    return load_settings(flags, config_file=args.config, require_key=args.command in ("run", "once", "check"))
+    keyed = args.command in ("run", "once", "check", "subscribe")
+    return load_settings(flags, config_file=args.config, require_key=keyed)
 
 
 def _knob_error(error: ValueError) -> str:

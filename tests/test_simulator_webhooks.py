@@ -229,6 +229,30 @@ def test_a_hanging_receiver_slows_deliveries_not_the_api() -> None:
         assert counts.get("scheduled", 0) > 2 and "given_up" not in counts, "the rest wait in the schedule, none lost"
 
 
+def test_a_server_started_again_goes_on_delivering_without_repeating() -> None:
+    clock = Clock(START)
+    sim = Simulator(SimulatorConfig(seed=11, arrival_rate=0, speed=40, failure_rate=0.3), clock=clock)
+    server = SimulatorServer(sim)
+    with WebhookReceiver() as receiver:
+        url = server.start()
+        subscribe(url, receiver.url, functions_of(*SUBSCRIBED))
+        calls = create_calls(sim, 4, SUBSCRIBED)
+        run_clock(clock, lambda: len(receiver.received()) > 10 and settled(sim), step=0.05)
+        server.stop()  # an outage of bem: calls go on, nothing is delivered
+        clock.advance(0.2)
+        before = len(receiver.received())
+        server.start()
+        try:
+            run_clock(clock, lambda: finished(sim, calls))
+            expected = expected_events(sim, calls)
+            run_clock(clock, lambda: len(receiver.received()) >= len(expected) and settled(sim))
+        finally:
+            server.stop()
+        received = Counter(r.event_id for r in receiver.received())
+    assert 10 < before < len(expected), "some events delivered before the outage, some after"
+    assert received == Counter(expected.keys()), "every event once: none lost, none repeated"
+
+
 # -- knobs, on a hand-held clock ---------------------------------------------------------------
 
 

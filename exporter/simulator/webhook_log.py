@@ -39,6 +39,10 @@ class DeliveryLog:
     """Appended to by the sender tasks, read by tests from other threads."""
 
     def __init__(self) -> None:
+        self.handed_over_ms = 0
+        """Simulator clock of the last tick that scheduled events: the events created before it
+        are a dispatcher's already, so one started later (the server started again) leaves
+        them be instead of delivering them twice."""
         self._lock = threading.Lock()
         self._attempts: deque[Attempt] = deque(maxlen=ATTEMPTS_KEPT)
         self._counts: Counter[Outcome] = Counter()

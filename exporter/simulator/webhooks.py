@@ -12,6 +12,8 @@ seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`) and put a failed one back in
 with exponential backoff, up to `Webhooks.max_attempts`. Nothing is scheduled while no
 subscription has a URL, so the simulator costs nothing more without webhooks; a queue that is
 full leaves deliveries in the schedule, so a slow receiver delays deliveries, never the API.
+When the server stops, the deliveries not yet made are lost with it; started again, it goes on
+with the events created from its last tick on (`DeliveryLog.handed_over_ms`), none twice.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class Dispatcher:
         self._cursor: int | None = None
         """Position of the next call to schedule; None while no subscription has a URL."""
         self._since_ms = 0
-        """When the oldest subscription with a URL was created: no earlier event is delivered."""
+        """No event created earlier is delivered: when the oldest subscription with a URL was
+        created, or when a previous dispatcher of the simulator last scheduled."""
 
     async def run(self) -> None:
         """Deliver until cancelled."""
@@ -105,7 +108,7 @@ class Dispatcher:
 
     def _step(self, queue: asyncio.Queue[_Delivery]) -> None:
         now = self._sim.now_ms()
-        self._pick_up()
+        self._pick_up(now)
         schedule = self._schedule
         while schedule and schedule[0][0] <= now and not queue.full():
             _, _, item = heapq.heappop(schedule)
@@ -117,7 +120,7 @@ class Dispatcher:
     def _push(self, due_ms: int, item: _Event | _Delivery) -> None:
         heapq.heappush(self._schedule, (due_ms, next(self._order), item))
 
-    def _pick_up(self) -> None:
+    def _pick_up(self, now: int) -> None:
         """Schedule the events of the calls created since the last tick."""
         since = self._sim.subscriptions.webhooks_since()
         if since is None:
@@ -125,10 +128,12 @@ class Dispatcher:
                 self._disarm()
             return
         if self._cursor is None:
-            self._cursor, self._since_ms = self._sim.webhook_cursor(since), since
+            self._since_ms = max(since, self._log.handed_over_ms)
+            self._cursor = self._sim.webhook_cursor(self._since_ms)
         timelines, self._cursor = self._sim.timelines(self._cursor)
         for timeline in timelines:
             self._schedule_call(timeline)
+        self._log.handed_over_ms = now
 
     def _disarm(self) -> None:
         """No subscription left: forget the events not yet due (deliveries under way go on)."""

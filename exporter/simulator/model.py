@@ -58,7 +58,6 @@ class _Group:
 class Timeline:
     """What webhook delivery needs of one call: its events (by creation time) and finishedAt."""
 
-    call_id: str
     finish_ms: int
     events: list[PlanEvent]
 
@@ -539,7 +538,7 @@ class Simulator:
         with self._lock:
             now = self._now()
             found = [
-                Timeline(h.call_id, h.finish_ms, (self._live_plan(h) if now < h.finish_ms else self._plan(h)).events)
+                Timeline(h.finish_ms, (self._live_plan(h) if now < h.finish_ms else self._plan(h)).events)
                 for h in self._headers[cursor:]
             ]
             return found, len(self._headers)

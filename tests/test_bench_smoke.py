@@ -79,3 +79,14 @@ def test_exchange_bench_measures_both_paths() -> None:
     assert result["requests"] == 50
     assert len(result["async_client_us"]) == len(result["exchange_us"]) == 1
     assert result["async_client_us"][0] > 0 and result["exchange_us"][0] > 0
+
+
+def test_webhook_delivery_bench_measures_both_phases() -> None:
+    command = [sys.executable, str(ROOT / "bench" / "webhook_delivery.py"), "--rate", "5", "--speed", "20"]
+    command += ["--seconds", "2"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for phase in ("api_without_webhooks", "api_with_webhooks"):
+        assert result[phase]["requests"] > 0 and result[phase]["p99_ms"] > 0
+    assert result["deliveries_per_s"] > 0 and result["counts"]["delivered"] > 0

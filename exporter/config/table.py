@@ -112,7 +112,7 @@ def _canary_file(name: str, path: str) -> bytes:
 # --- bem API ----------------------------------------------------------------------------------
 API_KEY = Setting(
     env="BEM_API_KEY", key="api_key", flag=False, section="api", shown="secret", parse=_api_key,
-    unset="required for `run`, `once`, `check`",
+    unset="required for `run`, `once`, `check`, `subscribe`",
     help="API key, sent as `x-api-key`; no flag, as every user of the machine sees command lines",
 )
 API_KEY_FILE = Setting(

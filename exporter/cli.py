@@ -46,8 +46,8 @@ EPILOGS = {
     "check": SETTINGS_EPILOG + KEY_EPILOG,
     "demo": SETTINGS_EPILOG + "The demo runs against its own simulator: it needs no API URL and no key.\n",
     "simulate": "The simulator accepts the key given by --api-key (sim-key unless told).\n",
-    "slo-rules": "Without --objective or --latency: an availability SLO of 99% over all workflows.\n"
-    "The output is what prometheus/rules/bem-slo.yaml ships; docs/slo.md explains it.\n",
+    "slo-rules": "Without flags: an availability SLO of 99% over all workflows, which is what\n"
+    "prometheus/rules/bem-slo.yaml ships. A --config file replaces the SLO flags. See docs/slo.md.\n",
 }
 
 CONFIG_HELP = "TOML file of settings (keys: docs/configuration.md; default none)"

@@ -44,7 +44,7 @@ from exporter.slo.windows import PERIODS, AlertWindows, Window, prom_duration
 T = TypeVar("T")
 
 DEFAULT_OBJECTIVE = "99"
-"""The availability objective when neither `--objective` nor `--latency` is given (docs/slo.md)."""
+"""The availability objective without `--objective` (docs/slo.md): the shipped SLO's."""
 DEFAULT_SERVICE = "bem"
 NAME = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*[A-Za-z0-9]$")
 """Sloth's names (`pkg/common/conventions`): alphanumerics at both ends, `.`, `_`, `-` between."""
@@ -139,15 +139,13 @@ def from_flags(
     """`--objective`, `--workflow` (repeatable), `--latency DURATION:PERCENT` (repeatable),
     `--period`: an availability SLO (and one per latency) per workflow, or over all of them."""
     windows = period("--period", period_flag)
+    availability = objective("--objective", DEFAULT_OBJECTIVE if objective_flag is None else objective_flag)
     bounds = call_buckets(buckets) if latencies else ()
-    if objective_flag is None and not latencies:
-        objective_flag = DEFAULT_OBJECTIVE
     slos: list[SLO] = []
     scopes: list[str | None] = [*workflows] or [None]
     for workflow in scopes:
         base = "calls" if workflow is None else workflow_base(workflow)
-        if objective_flag is not None:
-            slos.append(SLO(f"{base}-availability", "availability", objective("--objective", objective_flag), workflow))
+        slos.append(SLO(f"{base}-availability", "availability", availability, workflow))
         for latency in latencies:
             seconds, percent = latency_flag(latency, bounds)
             slos.append(SLO(f"{base}-latency-{seconds:g}s", "latency", percent, workflow, seconds))

@@ -171,6 +171,14 @@ def test_labels_and_names_that_yaml_would_misread_survive(tmp_path: Path) -> Non
     assert 'workflow_name="on: \\"quoted\\" #1"' in out
 
 
+def test_a_canary_slo_counts_judged_canary_runs(tmp_path: Path) -> None:
+    config = tmp_path / "slos.toml"
+    config.write_text('[[slo]]\nname = "canary"\nworkflow = "w"\nsource = "canary"\nobjective = 99\n', encoding="utf-8")
+    errors, total = rules_of(["slo-rules", "--config", str(config)])[0]["rules"][:2]
+    assert 'bem_canary_runs_total{workflow_name="w",result=~"failure|timeout"}[5m]' in errors["expr"]
+    assert 'bem_canary_runs_total{workflow_name="w",result=~"success|failure|timeout"}[5m]' in total["expr"]
+
+
 def test_custom_windows_set_the_factors(tmp_path: Path) -> None:
     config = tmp_path / "slos.toml"
     config.write_text(
@@ -264,6 +272,8 @@ def write(tmp_path: Path, text: str) -> str:
         ('[[slo]]\nname = "ok"\nobjective = 99\nlatency = "45s"\n', "(45 s) is not a bucket boundary"),
         ('[[slo]]\nname = "ok"\nobjective = 99\nlabels = { severity = "x" }\n', "'severity' is not a label name"),
         ('[[slo]]\nname = "ok"\nobjective = 99\n[[slo]]\nname = "ok"\nobjective = 98\n', "two SLOs named 'ok'"),
+        ('[[slo]]\nname = "ok"\nobjective = 99\nsource = "logs"\n', "source 'logs' is not calls or"),
+        ('[[slo]]\nname = "ok"\nobjective = 99\nsource = "canary"\nlatency = "30s"\n', "source 'canary' is not"),
         ('period = "7d"\n[[slo]]\nname = "ok"\nobjective = 99\n', "period: '7d' is not a supported SLO period"),
         ('service = "b m"\n[[slo]]\nname = "ok"\nobjective = 99\n', "service: 'b m' is not a name"),
         ("objective = 99\n", "unknown key 'objective'"),

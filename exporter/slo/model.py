@@ -12,6 +12,10 @@ SliKind = Literal["availability", "latency"]
 """availability: the share of finished calls that completed; latency: the share of finished
 calls (completed or failed) whose duration is within a threshold."""
 
+Source = Literal["calls", "canary"]
+"""What an availability SLI counts: every finished call, or the synthetic canary's runs (the
+SLI of a workflow with too few calls of its own to judge, docs/slo.md)."""
+
 Format = Literal["rules", "prometheusrule"]
 FORMATS: tuple[Format, ...] = ("rules", "prometheusrule")
 """What `slo-rules` prints: a Prometheus rule file, or a Kubernetes PrometheusRule."""
@@ -33,6 +37,7 @@ class SLO:
     """Latency SLOs: seconds, a bucket boundary of `bem_call_duration_seconds`."""
     labels: tuple[tuple[str, str], ...] = ()
     """Further labels of every rule (and so of the alerts), e.g. a team to route to."""
+    source: Source = "calls"
 
     @property
     def ratio(self) -> Decimal:

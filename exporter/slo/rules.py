@@ -187,12 +187,15 @@ def period_text(ms: int) -> str:
 def description(slos: SloSet, slo: SLO, quick: Window, slow: Window) -> str:
     bad = "failed" if slo.kind == "availability" else f"took longer than {slo.threshold:g} s"
     scope = f"workflow {slo.workflow}" if slo.workflow is not None else "all workflows"
+    calls = "finished calls"
+    if slo.source == "canary":
+        calls, bad = "canary's calls", "failed or timed out"
     burns = " or ".join(
         f"{number(slos.windows.factor(w))}x over {prom_duration(w.long_ms)} (and {prom_duration(w.short_ms)})"
         for w in (quick, slow)
     )
     return (
-        f"{{{{ $value | humanizePercentage }}}} of the finished calls of SLO {{{{ $labels.sloth_slo }}}} ({scope}) "
+        f"{{{{ $value | humanizePercentage }}}} of the {calls} of SLO {{{{ $labels.sloth_slo }}}} ({scope}) "
         f"{bad} in the alert's short window. The objective is {number(slo.objective)}% over "
         f"{period_text(slos.windows.period_ms)}, so the error budget is {number(slo.error_budget * 100)}% of calls; "
         f"it burns faster than {burns}."

@@ -6,6 +6,10 @@ Replicas sharing their state serve the same call series, told apart only by `ins
 summing, as in `prometheus/rules/bem-recording.yaml` (whose header says why), so two replicas
 never double a ratio and the death of one loses no increment.
 
+A canary SLI counts the synthetic canary's judged runs (`success`, `failure`, `timeout`; a
+create request that failed, `submit_error`, is the exporter's or the key's problem as often as
+bem's, and BemApiErrors covers it), the bad ones being `failure` and `timeout`.
+
 The error side of an availability SLI falls back to 0 (`or vector(0)`, as Pyrra does) so that
 an SLO whose calls all completed still has an error ratio of 0 rather than none. The total side
 does not: without a finished call there is no ratio, hence no alert and no division by zero.
@@ -20,6 +24,7 @@ from exporter.slo.model import SLO
 
 CALLS = "bem_calls_total"
 DURATION = "bem_call_duration_seconds"
+CANARY_RUNS = "bem_canary_runs_total"
 
 
 def promql_string(value: str) -> str:
@@ -28,7 +33,11 @@ def promql_string(value: str) -> str:
 
 
 def selector(metric: str, matchers: dict[str, str]) -> str:
-    inside = ",".join(f"{name}={promql_string(value)}" for name, value in matchers.items())
+    """`metric{name="value",...}`; a name ending in `~` matches its value as a regular expression."""
+    inside = ",".join(
+        f"{name[:-1]}=~{promql_string(value)}" if name.endswith("~") else f"{name}={promql_string(value)}"
+        for name, value in matchers.items()
+    )
     return f"{metric}{{{inside}}}" if inside else metric
 
 
@@ -45,6 +54,9 @@ def le_label(threshold: float) -> str:
 def events(slo: SLO, window: str) -> tuple[str, str]:
     """(error events, total events) per second over `window`."""
     where = {"workflow_name": slo.workflow} if slo.workflow is not None else {}
+    if slo.source == "canary":
+        total = ha_rate(CANARY_RUNS, {**where, "result~": "success|failure|timeout"}, window)
+        return f"{ha_rate(CANARY_RUNS, {**where, 'result~': 'failure|timeout'}, window)} or vector(0)", total
     if slo.kind == "availability":
         total = ha_rate(CALLS, where, window)
         return f"{ha_rate(CALLS, {**where, 'status': 'failed'}, window)} or vector(0)", total

@@ -18,6 +18,12 @@ Every refusal is a `SettingsError` of one line naming the value (the CLI exits 2
     objective = 95
     labels = { team = "documents" }
 
+    [[slo]]
+    name = "archive-canary"
+    workflow = "archive-export" # the workflow BEM_CANARY_WORKFLOW calls
+    source = "canary"           # availability of the canary's runs, not of all calls
+    objective = 99
+
 A `[windows]` table replaces `period` with custom windows in the shape of Sloth's
 `AlertWindows` (`period`, then `page_quick`, `page_slow`, `ticket_quick`, `ticket_slow`, each
 `{ budget_percent = 2, short = "5m", long = "1h" }`), for experiments and tests.
@@ -53,7 +59,8 @@ NAME_START = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
 LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = ("severity", "workflow_name")
 FILE_KEYS = ("service", "period", "call_buckets", "windows", "slo")
-SLO_KEYS = ("name", "objective", "workflow", "latency", "labels")
+SLO_KEYS = ("name", "objective", "workflow", "latency", "labels", "source")
+SOURCES = ("calls", "canary")
 ALERT_WINDOWS = ("page_quick", "page_slow", "ticket_quick", "ticket_slow")
 WINDOW_KEYS = ("budget_percent", "short", "long")
 
@@ -216,6 +223,9 @@ def file_slo(where: str, entry: dict[str, Any], buckets: Sequence[float]) -> SLO
     latency = optional(
         entry, "latency", lambda raw: threshold(f"{where}: latency", text(f"{where}: latency", raw), buckets)
     )
+    source = entry.get("source", "calls")
+    if source not in SOURCES or (source == "canary" and latency is not None):
+        raise SettingsError(f"{where}: source {source!r} is not calls or (for an availability SLO) canary")
     return SLO(
         slo_name,
         "availability" if latency is None else "latency",
@@ -223,6 +233,7 @@ def file_slo(where: str, entry: dict[str, Any], buckets: Sequence[float]) -> SLO
         workflow,
         latency,
         extra_labels(f"{where}: labels", entry.get("labels", {})),
+        "canary" if source == "canary" else "calls",
     )
 
 

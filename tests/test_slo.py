@@ -325,3 +325,27 @@ def test_the_simulator_fails_every_call_of_a_failing_workflow() -> None:
     assert ("invoice-intake", "completed") not in counts
     others = {workflow for workflow, _ in counts} - {"invoice-intake"}
     assert others and all((workflow, "failed") not in counts for workflow in others)
+
+
+# --- docs/slo.md ------------------------------------------------------------------------------
+
+
+def toml_examples() -> list[str]:
+    text = (ROOT / "docs" / "slo.md").read_text(encoding="utf-8")
+    return re.findall(r"```toml\n(.*?)```", text, re.S)
+
+
+def test_the_docs_config_example_generates(tmp_path: Path) -> None:
+    example = next(block for block in toml_examples() if "[[slo]]" in block)
+    code, out, err = run(["slo-rules", "--config", write(tmp_path, example)])
+    assert (code, err) == (0, "")
+    names = {group["name"] for group in yaml.safe_load(out)["groups"]}
+    assert "sloth-slo-alerts-bem-archive-canary" in names and len(names) == 9
+    promtool_check(out, tmp_path)
+
+
+def test_the_docs_windows_example_is_the_default(tmp_path: Path) -> None:
+    windows = next(block for block in toml_examples() if block.startswith("[windows]"))
+    path = write(tmp_path, windows + '\n[[slo]]\nname = "calls-availability"\nobjective = 99\n')
+    custom = rules_of(["slo-rules", "--config", path])
+    assert custom == yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))["groups"]

@@ -155,7 +155,7 @@ def from_flags(
         slos.append(SLO(f"{base}-availability", "availability", availability, workflow))
         for latency in latencies:
             seconds, percent = latency_flag(latency, bounds)
-            slos.append(SLO(f"{base}-latency-{seconds:g}s", "latency", percent, workflow, seconds))
+            slos.append(SLO(f"{base}-latency-{threshold_name(seconds)}", "latency", percent, workflow, seconds))
     return checked(SloSet(DEFAULT_SERVICE, windows, tuple(slos)), "--workflow")
 
 
@@ -166,6 +166,11 @@ def workflow_base(workflow: str) -> str:
             "name its SLO in a --config file"
         )
     return workflow
+
+
+def threshold_name(seconds: float) -> str:
+    """`30s`, `5m`, `1h` (Prometheus' way), or `2.5s` for a fraction of a second."""
+    return prom_duration(int(seconds * 1000)) if seconds == int(seconds) else f"{seconds:g}s"
 
 
 def latency_flag(raw: str, buckets: Sequence[float]) -> tuple[float, Decimal]:

@@ -39,11 +39,11 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, get_args
 
 from exporter.config import SettingsError, parse_duration
 from exporter.config.table import CALL_BUCKETS
-from exporter.slo.model import SLO, SloSet
+from exporter.slo.model import SLO, SloSet, Source
 from exporter.slo.rules import number
 from exporter.slo.windows import PERIODS, AlertWindows, Window, prom_duration
 
@@ -60,7 +60,7 @@ LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = ("severity", "workflow_name")
 FILE_KEYS = ("service", "period", "call_buckets", "windows", "slo")
 SLO_KEYS = ("name", "objective", "workflow", "latency", "labels", "source")
-SOURCES = ("calls", "canary")
+SOURCES: tuple[Source, ...] = get_args(Source)
 ALERT_WINDOWS = ("page_quick", "page_slow", "ticket_quick", "ticket_slow")
 WINDOW_KEYS = ("budget_percent", "short", "long")
 
@@ -238,7 +238,7 @@ def file_slo(where: str, entry: dict[str, Any], buckets: Sequence[float]) -> SLO
         workflow,
         latency,
         extra_labels(f"{where}: labels", entry.get("labels", {})),
-        "canary" if source == "canary" else "calls",
+        cast(Source, source),  # one of SOURCES, checked above
     )
 
 

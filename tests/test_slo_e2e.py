@@ -86,8 +86,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         prometheus.start()
         try:
             with prometheus.diagnose(exporter.log):
-                exporter.start()
-                yield Stack(simulator, exporter, prometheus)
+                exporter.start(timeout=90)
+            yield Stack(simulator, exporter, prometheus)
         finally:
             try:
                 exporter.kill()
@@ -105,6 +105,12 @@ def slo_alerts(prometheus: PrometheusServer, selector: str = "") -> dict[str, se
 
 
 def test_a_failing_workflow_pages_its_slo_and_no_other(stack: Stack) -> None:
+    # On failure: Prometheus' log tail, its targets and the exporter's log.
+    with stack.prometheus.diagnose(stack.exporter.log):
+        check_a_failing_workflow_pages_its_slo_and_no_other(stack)
+
+
+def check_a_failing_workflow_pages_its_slo_and_no_other(stack: Stack) -> None:
     prometheus, simulator = stack.prometheus, stack.simulator
     slos = {f"{w.name}-availability" for w in WORKFLOWS}
     started = time.time()
@@ -113,7 +119,7 @@ def test_a_failing_workflow_pages_its_slo_and_no_other(stack: Stack) -> None:
     prometheus.wait_for(
         "count(slo:sli_error:ratio_rate20s == 0)", lambda v: v == len(slos), 90, what="a ratio of 0 for every SLO"
     )
-    prometheus.wait_rules_evaluated()
+    prometheus.wait_rules_evaluated(timeout=60)
     assert slo_alerts(prometheus) == {}
 
     simulator.config.failing_workflows = frozenset({FAILING})

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 from exporter import __version__, logs
 from exporter.config import Settings, SettingsError, load_settings, parse_duration
-from exporter.config.table import ROWS, SECTIONS, Row
+from exporter.config.table import CALL_BUCKETS, ROWS, SECTIONS, Row
+from exporter.slo.model import FORMATS
+from exporter.slo.windows import PERIODS
 from exporter.state import StateError
 
 DESCRIPTION = """\
@@ -45,6 +47,8 @@ EPILOGS = {
     "demo": SETTINGS_EPILOG + "The demo runs against its own simulator: it needs no API URL and no key.\n",
     "simulate": "The simulator accepts the key given by --api-key (sim-key unless told).\n",
     "subscribe": SETTINGS_EPILOG + KEY_EPILOG + "Setting it up: docs/webhooks.md.\n",
+    "slo-rules": "Without flags: an availability SLO of 99% over all workflows, which is what\n"
+    "prometheus/rules/bem-slo.yaml ships. A --config file replaces the SLO flags. See docs/slo.md.\n",
 }
 
 CONFIG_HELP = "TOML file of settings (keys: docs/configuration.md; default none)"
@@ -99,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         "simulate": "run only the bem API simulator (for compose, tests and benchmarks)",
         "check": "validate the settings and reach the API and the OTLP endpoint",
         "subscribe": "create the webhook subscriptions the exporter needs (dry run unless --apply)",
+        "slo-rules": "print Prometheus rules for SLOs with multi-window, multi-burn-rate alerts (Sloth's shape)",
     }
     for name, text in helps.items():
         command = commands.add_parser(
@@ -106,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "simulate":
             _simulator_flags(command)
+            continue
+        if name == "slo-rules":
+            _slo_flags(command)
             continue
         command.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
         _setting_flags(command, name)
@@ -195,11 +203,47 @@ def _webhook_flags(command: argparse.ArgumentParser) -> None:
     add("--webhook-max-attempts", type=int, default=6, metavar="N", help="attempts per delivery (default 6)")
 
 
+def _slo_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--objective", metavar="PERCENT", help="availability objective, e.g. 99.9 (default 99)")
+    command.add_argument(
+        "--workflow",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="one SLO per workflow named (repeatable; default: one SLO over all workflows)",
+    )
+    command.add_argument(
+        "--latency",
+        metavar="DURATION:PERCENT",
+        action="append",
+        default=[],
+        help="latency SLO: PERCENT of calls finish within DURATION, a bucket boundary (e.g. 2m:95; repeatable)",
+    )
+    command.add_argument("--period", choices=tuple(PERIODS), help="SLO period (default 30d)")
+    command.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="rules",
+        help="a Prometheus rule file, or a Kubernetes PrometheusRule (default rules)",
+    )
+    command.add_argument("--config", metavar="FILE", help="TOML file of SLOs with their own names (docs/slo.md)")
+    command.add_argument(
+        CALL_BUCKETS.flag_name or "",
+        dest="call_buckets",
+        metavar=CALL_BUCKETS.metavar,
+        help=f"the exporter's bucket bounds of call durations ({CALL_BUCKETS.env}; default {CALL_BUCKETS.default})",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "slo-rules":
+            from exporter.commands.slo_rules import slo_rules
+
+            return slo_rules(args, sys.argv[1:] if argv is None else argv)
         settings = _settings(args)
         if args.command == "subscribe":
             from exporter.commands.subscribe import webhook_url

@@ -163,6 +163,8 @@ class SimulatorConfig:
     """The required `x-api-key`; None disables authentication."""
     failure_rate: float = 0.15
     """Share of calls that end failed."""
+    failing_workflows: frozenset[str] = frozenset()
+    """Workflows every new call of which ends failed (an outage of one workflow); mutable at runtime."""
     max_function_calls: int = 10
     """Upper bound of function calls per call (each call has 1..N)."""
     faults: Faults = field(default_factory=Faults)

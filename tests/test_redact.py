@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.bem.decode import decode_call_page, decode_trace
+from exporter.canary.judge import new_reference
 from exporter.redact import MASK, MAX_NAME_LENGTH, known_safe, mask_tokens, redact_text, safe_name, safe_url
 
 
@@ -162,3 +163,9 @@ def test_decoding_makes_every_name_safe_and_keeps_the_ids_as_sent() -> None:
     assert trace.events[0].kind == "Bearer ***"
     assert trace.events[0].message == signed  # free text by nature: redacted where it is exported
 
+
+
+def test_the_canarys_reference_ids_pass_unchanged() -> None:
+    # The canary finds its calls by their reference id: safe_name must leave it as it made it.
+    references = {new_reference(1_700_000_000.0 + 3_600 * hour) for hour in range(300)}
+    assert all(safe_name(reference) == reference for reference in references)

@@ -96,6 +96,25 @@ class BackfillProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class FoldedFamily:
+    metric: str
+    folded_series: int
+    """Series of this family folded into `other` by the samples bound since the process started."""
+    series_cap: int | None
+    """The family's series cap as the bound lowered it; None when it was not lowered."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeSummary:
+    """The size of a `/metrics` scrape of the counted metrics against its bound."""
+
+    samples: int
+    max_samples: int
+    folded: tuple[FoldedFamily, ...] = ()
+    """The families the bound has folded, largest fold first."""
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """One consistent view of the board, what both renderers take."""
 
@@ -114,6 +133,7 @@ class StatusSnapshot:
     backfill: BackfillProgress | None
     settings: tuple[SettingRow, ...]
     trace_url: str | None
+    scrape: ScrapeSummary | None = None
 
     def trace_link(self, trace_id: str) -> str | None:
         return self.trace_url.replace(TRACE_ID_PLACEHOLDER, trace_id) if self.trace_url else None
@@ -154,6 +174,7 @@ class StatusBoard:
         self._tracked = 0
         self._canary: CanarySummary | None = None
         self._backfill: BackfillProgress | None = None
+        self._scrape: ScrapeSummary | None = None
         self._settings: tuple[SettingRow, ...] = ()
 
     def set_role(self, role: Role) -> None:
@@ -218,6 +239,10 @@ class StatusBoard:
         with self._lock:
             self._backfill = progress
 
+    def set_scrape(self, scrape: ScrapeSummary) -> None:
+        with self._lock:
+            self._scrape = scrape
+
     def snapshot(self) -> StatusSnapshot:
         with self._lock:
             return StatusSnapshot(
@@ -234,6 +259,7 @@ class StatusBoard:
                 backfill=self._backfill,
                 settings=self._settings,
                 trace_url=self._trace_url,
+                scrape=self._scrape,
             )
 
 

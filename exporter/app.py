@@ -24,7 +24,7 @@ from exporter.ha.hints import HintRelay
 from exporter.ha.leadership import FenceWatch, Leadership
 from exporter.ha.mirror import StandbyMirror
 from exporter.health import HealthLog
-from exporter.metrics import Metrics
+from exporter.metrics import Metrics, ScrapeFigures
 from exporter.metrics.observer import SelfMetrics
 from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
@@ -32,7 +32,7 @@ from exporter.poll.hints import HintQueue
 from exporter.poll.progress import Listener, Progress
 from exporter.state import StateStore, StateWriteError
 from exporter.state.sqlite import SqliteStore
-from exporter.status import BackfillProgress, StatusBoard
+from exporter.status import BackfillProgress, FoldedFamily, ScrapeSummary, StatusBoard
 from exporter.status.webhooks import WebhookBoard
 from exporter.traces.delivery import Delivery, Retention
 from exporter.traces.sink import build_span_exporter
@@ -118,6 +118,7 @@ async def open_exporter(
     )
     if status is not None:
         span_exporter = status.watch(span_exporter)
+        show_scrape(metrics, status)
     try:
         async with bem_client(settings.api, client_hooks(metrics.observer)) as client:
             metrics.observer.expect_endpoints(client.endpoints)
@@ -287,6 +288,20 @@ def progress_listeners(observer: SelfMetrics, status: StatusBoard | None) -> lis
             status.set_backfill(BackfillProgress(progress.target, progress.reached, progress.calls, progress.done))
 
     return [remaining, board]
+
+
+def show_scrape(metrics: Metrics, status: StatusBoard) -> None:
+    """The scrape's size against its bound, and what the bound folded, on /status."""
+
+    def shown(figures: ScrapeFigures) -> None:
+        # A family folded before a restart shows with its lowered cap, even with 0 folds since.
+        names = {name for name, count in figures.folded.items() if count} | set(figures.caps)
+        families = [FoldedFamily(name, figures.folded.get(name, 0), figures.caps.get(name)) for name in names]
+        families.sort(key=lambda family: (-family.folded_series, family.metric))
+        status.set_scrape(ScrapeSummary(figures.samples, figures.max_samples, tuple(families)))
+
+    metrics.recorder.on_scrape = shown
+    shown(metrics.recorder.scrape_figures())
 
 
 def log_cycle(report: CycleReport) -> None:

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 from exporter import __version__, logs
 from exporter.config import Settings, SettingsError, load_settings, parse_duration
-from exporter.config.table import ROWS, SECTIONS, Row
+from exporter.config.table import CALL_BUCKETS, ROWS, SECTIONS, Row
+from exporter.slo.model import FORMATS
+from exporter.slo.windows import PERIODS
 from exporter.state import StateError
 
 DESCRIPTION = """\
@@ -44,21 +46,28 @@ EPILOGS = {
     "check": SETTINGS_EPILOG + KEY_EPILOG,
     "demo": SETTINGS_EPILOG + "The demo runs against its own simulator: it needs no API URL and no key.\n",
     "simulate": "The simulator accepts the key given by --api-key (sim-key unless told).\n",
+    "subscribe": SETTINGS_EPILOG + KEY_EPILOG + "Setting it up: docs/webhooks.md.\n",
+    "slo-rules": "Without flags: an availability SLO of 99% over all workflows, which is what\n"
+    "prometheus/rules/bem-slo.yaml ships. A --config file replaces the SLO flags. See docs/slo.md.\n",
 }
 
 CONFIG_HELP = "TOML file of settings (keys: docs/configuration.md; default none)"
 
 # A demo runs against its own simulator: it takes neither an API URL nor a key.
 _NOT_IN_DEMO = frozenset({"BEM_API_URL", "BEM_API_KEY_FILE"})
+# `subscribe` talks to the API and says what it did: nothing else applies to it.
+_SUBSCRIBE_SECTIONS = frozenset({"api", "logs"})
+
+
+def _takes(command: str, row: Row) -> bool:
+    if command == "demo":
+        return row.env not in _NOT_IN_DEMO
+    return command != "subscribe" or row.section in _SUBSCRIBE_SECTIONS
 
 
 def _flag_rows(command: str) -> list[tuple[str, Row]]:
     """(flag, row) of every setting `command` takes as a flag."""
-    return [
-        (row.flag_name, row)
-        for row in ROWS
-        if row.flag_name and not (command == "demo" and row.env in _NOT_IN_DEMO)
-    ]
+    return [(row.flag_name, row) for row in ROWS if row.flag_name and _takes(command, row)]
 
 
 def _flag_help(row: Row) -> str:
@@ -93,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
         "demo": "run against a built-in simulated bem API with live traffic; no API key needed",
         "simulate": "run only the bem API simulator (for compose, tests and benchmarks)",
         "check": "validate the settings and reach the API and the OTLP endpoint",
+        "subscribe": "create the webhook subscriptions the exporter needs (dry run unless --apply)",
+        "slo-rules": "print Prometheus rules for SLOs with multi-window, multi-burn-rate alerts (Sloth's shape)",
     }
     for name, text in helps.items():
         command = commands.add_parser(
@@ -101,8 +112,15 @@ def _parser() -> argparse.ArgumentParser:
         if name == "simulate":
             _simulator_flags(command)
             continue
+        if name == "slo-rules":
+            _slo_flags(command)
+            continue
         command.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
         _setting_flags(command, name)
+        if name == "subscribe":
+            hooks = command.add_argument_group("Subscriptions")
+            hooks.add_argument("--url", required=True, help="the exporter's webhook URL, as bem will call it")
+            hooks.add_argument("--apply", action="store_true", help="create the missing ones (default: only show them)")
         if name == "demo":
             demo = command.add_argument_group("Demo")
             demo.add_argument("--rate", type=float, default=1.0, help="simulated new calls per second (default 1)")
@@ -148,6 +166,73 @@ def _simulator_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--no-retry-after", action="store_true", help="answer rate-limit 429s without Retry-After (default: with)"
     )
+    _webhook_flags(command)
+
+
+def _webhook_flags(command: argparse.ArgumentParser) -> None:
+    """One flag per knob of `exporter.simulator.config.Webhooks`: `--webhook-<knob>`."""
+    from exporter.simulator.config import DEMO_WEBHOOK_SECRET
+
+    add = command.add_argument_group("Webhooks (delivered to the URLs of /v3/subscriptions)").add_argument
+    add("--webhook-secret", default=DEMO_WEBHOOK_SECRET, help="the account's signing secret (default: the demo's)")
+    add("--no-webhook-secret", action="store_true", help="deliver unsigned, as bem does with no secret")
+    rates = {
+        "drop": "share of deliveries never made",
+        "duplicate": "share of deliveries made twice",
+        "reorder": "share of deliveries held back up to --webhook-reorder-window",
+        "wrong-secret": "share of attempts signed with another secret",
+        "stale": "share of attempts whose signature is dated --webhook-stale-seconds ago",
+    }
+    for name, text in rates.items():
+        add(f"--webhook-{name}-rate", type=float, default=0.0, metavar="SHARE", help=f"{text} (default 0)")
+    seconds = {
+        "delay": ("every delivery waits this long", 0.0),
+        "reorder-window": ("the longest hold of a reordered delivery", 2.0),
+        "stale-seconds": ("how old a stale signature is", 600.0),
+        "retry-base": ("wait before the first retry of a failed attempt; doubled each time", 1.0),
+    }
+    for name, (text, default) in seconds.items():
+        add(f"--webhook-{name}", type=float, default=default, metavar="SECONDS", help=f"{text} (default {default:g})")
+    add(
+        "--webhook-final-event-lead",
+        type=float,
+        metavar="SECONDS",
+        help="deliver a call's last event at most this long before the call reads finished "
+        "(default: when created, 0.02-0.4 s before, as bem can)",
+    )
+    add("--webhook-max-attempts", type=int, default=6, metavar="N", help="attempts per delivery (default 6)")
+
+
+def _slo_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--objective", metavar="PERCENT", help="availability objective, e.g. 99.9 (default 99)")
+    command.add_argument(
+        "--workflow",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="one SLO per workflow named (repeatable; default: one SLO over all workflows)",
+    )
+    command.add_argument(
+        "--latency",
+        metavar="DURATION:PERCENT",
+        action="append",
+        default=[],
+        help="latency SLO: PERCENT of calls finish within DURATION, a bucket boundary (e.g. 2m:95; repeatable)",
+    )
+    command.add_argument("--period", choices=tuple(PERIODS), help="SLO period (default 30d)")
+    command.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="rules",
+        help="a Prometheus rule file, or a Kubernetes PrometheusRule (default rules)",
+    )
+    command.add_argument("--config", metavar="FILE", help="TOML file of SLOs with their own names (docs/slo.md)")
+    command.add_argument(
+        CALL_BUCKETS.flag_name or "",
+        dest="call_buckets",
+        metavar=CALL_BUCKETS.metavar,
+        help=f"the exporter's bucket bounds of call durations ({CALL_BUCKETS.env}; default {CALL_BUCKETS.default})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,7 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "slo-rules":
+            from exporter.commands.slo_rules import slo_rules
+
+            return slo_rules(args, sys.argv[1:] if argv is None else argv)
         settings = _settings(args)
+        if args.command == "subscribe":
+            from exporter.commands.subscribe import webhook_url
+
+            args.url = webhook_url(args.url)
     except SettingsError as error:
         print(f"bem-exporter: error: {error}", file=sys.stderr)
         return 2
@@ -187,6 +280,10 @@ async def _command(args: argparse.Namespace, settings: Settings) -> int:
         from exporter.commands.check import check
 
         return await check(settings)
+    if args.command == "subscribe":
+        from exporter.commands.subscribe import subscribe
+
+        return await subscribe(settings, args.url, args.apply)
     from exporter.commands.demo import demo
 
     return await demo(settings, args.rate, args.prefill)
@@ -205,11 +302,23 @@ def _settings(args: argparse.Namespace) -> Settings:
         flags.setdefault("BEM_STATE_URL", "")
         flags.setdefault("BEM_POLL_INTERVAL", "5s")
         flags.setdefault("BEM_LOOKBACK", "1h")
-    return load_settings(flags, config_file=args.config, require_key=args.command in ("run", "once", "check"))
+    keyed = args.command in ("run", "once", "check", "subscribe")
+    return load_settings(flags, config_file=args.config, require_key=keyed)
+
+
+def _knob_error(error: ValueError) -> str:
+    """The simulator's complaint, naming the flag of a webhook knob (`webhooks.drop_rate must
+    ...` -> `--webhook-drop-rate must ...`)."""
+    text = str(error)
+    if not text.startswith("webhooks."):
+        return text
+    knob, _, rest = text.removeprefix("webhooks.").partition(" ")
+    return f"--webhook-{knob.replace('_', '-')} {rest}"
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from exporter.simulator import Faults, SimulatorConfig, serve
+    from exporter.simulator.config import Webhooks
 
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():
@@ -230,11 +339,25 @@ def _simulate(args: argparse.Namespace) -> int:
             rate_limit_burst=args.rate_limit_burst,
             rate_limit_retry_after=not args.no_retry_after,
         ),
+        webhooks=Webhooks(
+            secret=None if args.no_webhook_secret else args.webhook_secret,
+            drop_rate=args.webhook_drop_rate,
+            duplicate_rate=args.webhook_duplicate_rate,
+            delay=args.webhook_delay,
+            reorder_rate=args.webhook_reorder_rate,
+            reorder_window=args.webhook_reorder_window,
+            wrong_secret_rate=args.webhook_wrong_secret_rate,
+            stale_rate=args.webhook_stale_rate,
+            stale_seconds=args.webhook_stale_seconds,
+            final_event_lead=args.webhook_final_event_lead,
+            max_attempts=args.webhook_max_attempts,
+            retry_base=args.webhook_retry_base,
+        ),
     )
     try:
         config.validate()
     except ValueError as error:
-        raise SettingsError(f"simulate: {error}") from None
+        raise SettingsError(f"simulate: {_knob_error(error)}") from None
     logs.setup("info", "auto")
     # The simulator's key is no secret: it is what a client of the simulator must send.
     accepts = f"accepting the API key {config.api_key!r}" if config.api_key else "accepting requests without a key"

@@ -41,6 +41,7 @@ COUNTERS = (
     "bem_exporter_trace_anomalies_total",
     "bem_exporter_calls_abandoned_total",
     "bem_exporter_label_overflow_total",
+    "bem_exporter_scrape_folded_series_total",
     "bem_canary_runs_total",
 )
 HISTOGRAMS = (

@@ -82,6 +82,17 @@ def test_exchange_bench_measures_both_paths() -> None:
     assert result["async_client_us"][0] > 0 and result["exchange_us"][0] > 0
 
 
+def test_webhook_delivery_bench_measures_both_phases() -> None:
+    command = [sys.executable, str(ROOT / "bench" / "webhook_delivery.py"), "--rate", "5", "--speed", "20"]
+    command += ["--seconds", "2"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for phase in ("api_without_webhooks", "api_with_webhooks"):
+        assert result[phase]["requests"] > 0 and result[phase]["p99_ms"] > 0
+    assert result["deliveries_per_s"] > 0 and result["counts"]["delivered"] > 0
+
+
 def test_webhooks_bench_quick_run_writes_every_figure() -> None:
     """bench/webhooks.py end to end in its quick mode: both runs measured, figures written."""
     name = f"smoke-{uuid.uuid4().hex[:8]}"

@@ -216,6 +216,12 @@ def test_the_prometheusrule_is_generated_from_the_shipped_rules() -> None:
     assert rule["spec"]["groups"] == rule_groups()
 
 
+def test_the_prometheusrule_holds_the_slo_rules() -> None:
+    names = [group["name"] for group in setup("ha")["PrometheusRule"]["spec"]["groups"]]
+    for kind in ("sli-recordings", "meta-recordings", "alerts"):
+        assert f"sloth-slo-{kind}-bem-calls-availability" in names
+
+
 def test_the_prometheusrule_groups_pass_promtool(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": setup("ha")["PrometheusRule"]["spec"]["groups"]}), encoding="utf-8")

@@ -23,6 +23,7 @@ from exporter.bem.decode import decode_call_page, decode_trace
 from exporter.config import TraceSettings
 from exporter.ids import CANARY_REFERENCE_PREFIX, trace_id_for
 from exporter.pipeline import FinishedCall, NullObserver
+from exporter.redact import MAX_NAME_LENGTH
 from exporter.traces.sink import DEFAULT_MAX_EXPORT_BYTES, build_span_exporter
 from exporter.traces.spans import MAX_ERROR_KIND_LENGTH, MAX_STRING_LENGTH, SpanBuilder, build_spans, to_ns
 from exporter.traces.tree import render_tree
@@ -723,7 +724,7 @@ def test_urls_in_error_messages_and_kinds_are_cut_down_and_every_string_bounded(
         assert len(span["name"]) <= MAX_STRING_LENGTH
         for value in span["attributes"].values():
             assert not isinstance(value, str) or len(value) <= MAX_STRING_LENGTH
-    assert root["name"] == "RUN " + "w" * (MAX_STRING_LENGTH - 4)
+    assert root["name"] == "RUN " + "w" * MAX_NAME_LENGTH  # a name is cut at decoding
     assert event["attributes"]["bem.error.message"] == "could not read https://files.example.com/in.pdf (retrying)"
     assert root["attributes"]["error.type"].startswith("fetch_failed https://files.example.com/in.pdf kkk")
     assert len(event["attributes"]["bem.event.id"]) == MAX_STRING_LENGTH

@@ -19,6 +19,8 @@ from exporter.status import (
     CYCLES_KEPT,
     BackfillProgress,
     CanarySummary,
+    FoldedFamily,
+    ScrapeSummary,
     SettingRow,
     StatusBoard,
     check_trace_url,
@@ -63,7 +65,7 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
         document = response.json()
         assert set(document) == {
             "schema", "version", "generated_at", "started_at", "role", "api", "backlog", "tracked",
-            "cycles", "calls", "canary", "backfill", "settings", "webhooks",
+            "cycles", "calls", "canary", "backfill", "settings", "scrape", "webhooks",
         }  # fmt: skip
         assert document["webhooks"] == {
             "url": "http://127.0.0.1:9878/webhook", "handover": "postgres",
@@ -87,6 +89,28 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
             "last_success_at": "2023-11-14T22:13:20.000Z", "in_flight": False,
         }  # fmt: skip
         assert document["backfill"]["calls"] == 40 and document["backfill"]["done"] is False
+
+    serve(board, scenario)
+
+
+def test_the_scrape_against_its_bound_is_shown() -> None:
+    board = StatusBoard("9.9.9")
+    folded = (FoldedFamily("bem_function_call_duration_seconds", 696, 106), FoldedFamily("bem_events_total", 0, 40))
+    board.set_scrape(ScrapeSummary(samples=5_999, max_samples=6_000, folded=folded))
+
+    async def scenario(url: str, client: httpx.AsyncClient) -> None:
+        document = (await client.get(f"{url}/status.json")).json()
+        page = (await client.get(f"{url}/status")).text
+        assert document["scrape"] == {
+            "samples": 5_999,
+            "max_samples": 6_000,
+            "folded": [
+                {"metric": "bem_function_call_duration_seconds", "folded_series": 696, "series_cap": 106},
+                {"metric": "bem_events_total", "folded_series": 0, "series_cap": 40},
+            ],
+        }
+        assert '<b id="scrape-samples">5999</b> samples of at most 6000' in page
+        assert "<code>bem_function_call_duration_seconds</code></td><td>696</td><td>106</td>" in page
 
     serve(board, scenario)
 

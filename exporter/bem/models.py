@@ -8,12 +8,19 @@ construction.
 
 Enumerations (status, call type, function type, event type, error kind) are plain strings:
 bem adds values over time and the exporter keeps unknown ones as they come.
+
+Every name, type, status, kind and shown id (`NAMES` of each record) is free text as far as
+the exporter knows: the decoder passes each through `exporter.redact.safe_name` before the
+record leaves it (URLs cut down, tokens masked, at most 128 characters), so nothing
+downstream (labels, span names and attributes, the status page, the state's snapshot) ever
+holds the raw text. The ids the exporter needs as sent (call, function call and event ids:
+the API's paths, the cursor, the DAG, the trace ids) are ids, kept as they came.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -44,6 +51,18 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     function_type: str | None = msgspec.field(name="functionType", default=None)
     function_version: Int64 | None = msgspec.field(name="functionVersionNum", default=None)
 
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "status",
+        "call_type",
+        "reference_id",
+        "workflow_id",
+        "workflow_name",
+        "function_id",
+        "function_name",
+        "function_type",
+    )
+    """Fields made safe at decoding (`exporter.redact.safe_name`)."""
+
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
@@ -70,6 +89,15 @@ class FunctionCall(msgspec.Struct, frozen=True, kw_only=True):
     workflow_node_name: str | None = msgspec.field(name="workflowNodeName", default=None)
     incoming_destination_name: str | None = msgspec.field(name="incomingDestinationName", default=None)
 
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "function_id",
+        "function_name",
+        "function_type",
+        "status",
+        "workflow_node_name",
+        "incoming_destination_name",
+    )
+
 
 class EventMetadata(msgspec.Struct, frozen=True):
     duration_seconds: float | None = msgspec.field(name="durationFunctionToEventSeconds", default=None)
@@ -90,6 +118,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     message: str | None = None
     kind: str | None = None
     avg_confidence: float | None = msgspec.field(name="avgConfidence", default=None)
+
+    NAMES: ClassVar[tuple[str, ...]] = ("event_type", "function_id", "function_name", "kind")
+    """The message is not among them: it is free text by nature, redacted (and bounded to its
+    own, longer limit) where it is exported, and can be kept in altogether."""
 
     @property
     def is_error(self) -> bool:

@@ -141,6 +141,7 @@ def _metrics(values: Values) -> MetricsSettings:
         allow_functions=values.optional(t.METRICS_FUNCTIONS) or (),
         max_label_values=values.get(t.METRICS_MAX_LABEL_VALUES),
         max_series_per_metric=values.get(t.MAX_SERIES_PER_METRIC),
+        max_scrape_samples=values.get(t.MAX_SCRAPE_SAMPLES),
         basic_auth=values.optional(t.METRICS_BASIC_AUTH_FILE),
         tls_cert_file=cert,
         tls_key_file=key,

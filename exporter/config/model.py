@@ -134,6 +134,9 @@ class MetricsSettings:
     max_label_values: int = 200
     max_series_per_metric: int = 10_000
     """Cap on series of one metric family; beyond it label values fold into `other`."""
+    max_scrape_samples: int = 150_000
+    """Bound on the samples of the counted metrics in one scrape; beyond it the largest
+    families fold series into `other`."""
     basic_auth: BasicAuth | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None

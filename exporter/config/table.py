@@ -127,7 +127,7 @@ def _canary_file(name: str, path: str) -> bytes:
 # --- bem API ----------------------------------------------------------------------------------
 API_KEY = Setting(
     env="BEM_API_KEY", key="api_key", flag=False, section="api", shown="secret", parse=_api_key,
-    unset="required for `run`, `once`, `check`",
+    unset="required for `run`, `once`, `check`, `subscribe`",
     help="API key, sent as `x-api-key`; no flag, as every user of the machine sees command lines",
 )
 API_KEY_FILE = Setting(
@@ -265,6 +265,13 @@ MAX_SERIES_PER_METRIC = Setting(
     parse=parse.positive_int, default="10000",
     help="cap on series of one metric family; overflow folds into `other` and is counted",
 )
+MAX_SCRAPE_SAMPLES = Setting(
+    env="BEM_MAX_SCRAPE_SAMPLES", key="max_scrape_samples", section="server", metavar="N",
+    parse=parse.positive_int, default="150000",
+    help="bound on the samples of the `bem_*` call metrics in one scrape (a histogram series counts its buckets, "
+    "`_sum` and `_count`); beyond it the families with the most samples fold series into `other`, counted in "
+    "`bem_exporter_scrape_folded_series_total`; a large account makes about 50,000 (docs/metrics.md)",
+)
 METRICS_BASIC_AUTH_FILE = Setting(
     env="BEM_METRICS_BASIC_AUTH_FILE", key="metrics_basic_auth_file", section="server", metavar="FILE",
     parse=_basic_auth_file, help="file with one line `username:password`; `/metrics` and `/status` then "
@@ -385,7 +392,7 @@ ROWS: tuple[Row, ...] = (
     STATE_PATH, STATE_URL, STATE_PASSWORD_FILE, PGPASSWORD, LEADER_LEASE,
     CANARY_WORKFLOW, CANARY_FILE, CANARY_INTERVAL, CANARY_TIMEOUT,
     LISTEN, CALL_BUCKETS, FUNCTION_BUCKETS, METRICS_WORKFLOWS, METRICS_FUNCTIONS, METRICS_MAX_LABEL_VALUES,
-    MAX_SERIES_PER_METRIC, METRICS_BASIC_AUTH_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TRACE_URL,
+    MAX_SERIES_PER_METRIC, MAX_SCRAPE_SAMPLES, METRICS_BASIC_AUTH_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TRACE_URL,
     WEBHOOK_LISTEN, WEBHOOK_SECRET, WEBHOOK_SECRET_FILE, WEBHOOK_ALLOW_UNSIGNED, WEBHOOK_TOLERANCE,
     TRACES_EXPORTER, OTLP_TRACES_ENDPOINT, OTLP_ENDPOINT, OTLP_PROTOCOL, OTLP_HEADERS, OTLP_TIMEOUT, OTLP_INSECURE,
     SERVICE_NAME, RESOURCE_ATTRIBUTES, EXPORT_ERROR_MESSAGES, SPAN_BACKLOG, OTLP_MAX_REQUEST_BYTES,

@@ -21,14 +21,21 @@ from exporter.metrics.exemplars import exemplar_labels
 from exporter.metrics.exposition import MAX_VARIANTS, CachedExposition, render_live
 from exporter.metrics.labels import LabelPolicy
 from exporter.metrics.observer import SelfMetrics
-from exporter.metrics.recorder import DEFAULT_MAX_SERIES_PER_FAMILY, MetricsRecorder
+from exporter.metrics.recorder import DEFAULT_MAX_SERIES_PER_FAMILY, MetricsRecorder, ScrapeFigures
 from exporter.metrics.render import StoreRenderer
 
 SHARE_SECONDS: Final = 0.1
 """Scrapes arriving within this long of each other get the same body (self-metrics included):
 a burst of concurrent scrapers then costs one self-metrics render, not one each."""
 
-__all__ = ["DEFAULT_MAX_SERIES_PER_FAMILY", "LabelPolicy", "Metrics", "MetricsRecorder", "SelfMetrics"]
+__all__ = [
+    "DEFAULT_MAX_SERIES_PER_FAMILY",
+    "LabelPolicy",
+    "Metrics",
+    "MetricsRecorder",
+    "ScrapeFigures",
+    "SelfMetrics",
+]
 
 
 class Metrics:
@@ -56,6 +63,7 @@ class Metrics:
             settings.call_buckets,
             settings.function_buckets,
             max_series_per_family=max_series_per_family,
+            max_samples=settings.max_scrape_samples,
             observer=self.observer,
         )
         # No auto-describe: the recorder's families change with the data, and describing them

@@ -6,8 +6,9 @@ id here). Each label has a `LabelFolder`:
 - an optional allow-list (workflow and function names): any other value becomes `other`;
 - a cap on distinct values: once `max_label_values` values have been admitted, new ones
   become `other` and are counted in `bem_exporter_label_overflow_total{label}`;
-- missing or empty values become `unknown`; very long ones are cut (a long error kind is
-  more likely free text than a kind).
+- missing or empty values become `unknown`. Values arrive safe and bounded (the decoder
+  passed them through `exporter.redact.safe_name`); the allow-lists pass through it too, so
+  that an allowed name matches what the decoder makes of it.
 
 Lookups are on the hot path (several per function call), so admitted values are cached in a
 dict whose `get` the recorder calls directly; only misses reach `fold`.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
 from exporter.bem.models import NO_WORKFLOW
+from exporter.redact import safe_name
 
 OTHER: Final = "other"
 UNKNOWN: Final = "unknown"
@@ -52,7 +54,8 @@ class LabelFolder:
         self.name = name
         self.cap = cap
         # An allow-list also admits the values every deployment has (`(none)`, `other`).
-        self.allowed: frozenset[str] | None = frozenset(allowed) | frozenset(always) | {OTHER} if allowed else None
+        listed = frozenset(map(safe_name, allowed))
+        self.allowed: frozenset[str] | None = listed | frozenset(always) | {OTHER} if allowed else None
         self.admitted: set[str] = set()
         self.cache: dict[str | None, str] = {}
         """raw value -> exposed value, for values admitted or folded by the allow-list."""

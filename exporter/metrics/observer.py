@@ -11,7 +11,7 @@ the first poll reports them (they are registered then).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -243,6 +243,28 @@ class SelfMetrics:
         )
         for name in (*self._labels.folders, SERIES_OVERFLOW):
             self._overflow.labels(name)
+        self._register_scrape()
+
+    def _register_scrape(self) -> None:
+        """The size of one scrape of the counted metrics, against BEM_MAX_SCRAPE_SAMPLES."""
+        r = self.registry
+        self._scrape_samples = Gauge(
+            "bem_exporter_scrape_samples",
+            "Samples of the counted bem_* metrics in a scrape (a histogram series counts its buckets, sum and count).",
+            registry=r,
+        )
+        self._scrape_samples_limit = Gauge(
+            "bem_exporter_scrape_samples_limit",
+            "BEM_MAX_SCRAPE_SAMPLES: beyond it the largest families fold series into 'other'.",
+            registry=r,
+        )
+        self._scrape_folded = Counter(
+            "bem_exporter_scrape_folded_series_total",
+            "Series folded into 'other' to keep a scrape within BEM_MAX_SCRAPE_SAMPLES, by metric family "
+            "(their counts go on in 'other').",
+            ["metric"],
+            registry=r,
+        )
 
     def _register_operations(self) -> None:
         r = self.registry
@@ -373,6 +395,13 @@ class SelfMetrics:
     def label_overflow(self, label: str, count: int = 1) -> None:
         """`count` values of `label` (or, for `series`, whole series) folded into `other`."""
         self._overflow.labels(label).inc(count)
+
+    def scrape_bounded(self, samples: int, max_samples: int, folded: Mapping[str, int]) -> None:
+        """The counted metrics make `samples` samples; `folded` series were just folded."""
+        self._scrape_samples.set(samples)
+        self._scrape_samples_limit.set(max_samples)
+        for metric, count in folded.items():
+            self._scrape_folded.labels(metric).inc(count)
 
     def api_throttled(self, retry_after_seconds: float) -> None:
         """bem answered 429; the exporter now waits `retry_after_seconds` (0 when none given)."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
 
@@ -47,6 +48,11 @@ that rate() and increase() see the first failure as an increase from 0."""
 DEFAULT_MAX_SERIES_PER_FAMILY: Final = 10_000
 """Series per metric family before new ones fold into `other` (BEM_MAX_SERIES_PER_METRIC):
 200 workflows x 100 functions would otherwise make a scrape of 350,000 samples."""
+DEFAULT_MAX_SCRAPE_SAMPLES: Final = 150_000
+"""Samples of the counted metrics in one scrape before the largest families fold into `other`
+(BEM_MAX_SCRAPE_SAMPLES): three times what a large real account makes (about 50,000; the
+account is written down in docs/metrics.md, "A bounded scrape"). Under the series caps alone,
+names the API sends could make one scrape about 300,000 samples (36 MB)."""
 FUTURE_TOLERANCE_SECONDS: Final = 86_400.0
 """A finishedAt (or startedAt) more than this after the poll's clock is out of range: a day
 absorbs any clock skew, and a later time can only be a bad record."""
@@ -123,6 +129,18 @@ def specs(
     return counters, histograms
 
 
+@dataclass(frozen=True, slots=True)
+class ScrapeFigures:
+    """The size of a scrape of the counted metrics, against its bound."""
+
+    samples: int
+    max_samples: int
+    folded: Mapping[str, int] = field(default_factory=dict)
+    """Series the bound folded into `other` since this process started, by family."""
+    caps: Mapping[str, int] = field(default_factory=dict)
+    """The families whose series cap the bound lowered, and that cap."""
+
+
 class RecorderReports(Protocol):
     """Where the recorder reports what it counted but did not record (the self-metrics)."""
 
@@ -130,12 +148,20 @@ class RecorderReports(Protocol):
 
     def trace_anomaly(self, kind: str) -> None: ...
 
+    def scrape_bounded(self, samples: int, max_samples: int, folded: Mapping[str, int]) -> None:
+        """The visible counts make `samples` samples of at most `max_samples`; `folded` series
+        were just folded into `other` to keep them so, by family (every family, zeros too)."""
+        ...
+
 
 class _Unreported:
     def label_overflow(self, label: str, count: int = 1) -> None:
         pass
 
     def trace_anomaly(self, kind: str) -> None:
+        pass
+
+    def scrape_bounded(self, samples: int, max_samples: int, folded: Mapping[str, int]) -> None:
         pass
 
 
@@ -153,6 +179,10 @@ def _nothing() -> None:
     pass
 
 
+def _unwatched(figures: ScrapeFigures) -> None:
+    pass
+
+
 class MetricsRecorder:
     """Counts finished calls exactly once (a `CallRecorder`), and is the Collector of what it
     counts."""
@@ -165,13 +195,19 @@ class MetricsRecorder:
         *,
         clock: Callable[[], float] = time.time,
         max_series_per_family: int = DEFAULT_MAX_SERIES_PER_FAMILY,
+        max_samples: int = DEFAULT_MAX_SCRAPE_SAMPLES,
         observer: RecorderReports | None = None,
     ) -> None:
         self._labels = labels
         self._clock = clock
         self._reports: RecorderReports = observer if observer is not None else _Unreported()
         counters, histograms = specs(call_buckets, function_buckets)
-        self.store = SeriesStore(counters, histograms, exemplar_labels, max_series_per_family)
+        self.store = SeriesStore(counters, histograms, exemplar_labels, max_series_per_family, max_samples)
+        self._bound_folded: dict[str, int] = {}
+        self._bound_unmet = False
+        self.on_scrape: Callable[[ScrapeFigures], None] = _unwatched
+        """Told the scrape's figures after each change of the visible counts (the status page)."""
+        self._bounded({})  # the bound and the fold counters are shown from the start
         self._pending: Stage | None = None
         self._pending_out_of_range = 0
         self.version = 0
@@ -188,6 +224,7 @@ class MetricsRecorder:
         now = self._clock()
         # Counted on publish, like the counts: a discarded and retried batch reports once.
         self._pending_out_of_range = sum(self._record(stage, f.call, f.trace, now) for f in batch)
+        self._bound(stage)
         self._pending = stage
         return self.store.snapshot(stage.tables)
 
@@ -201,6 +238,7 @@ class MetricsRecorder:
             self._reports.label_overflow(SERIES_OVERFLOW, stage.folded)
         for _ in range(self._pending_out_of_range):
             self._reports.trace_anomaly(TIMESTAMP_OUT_OF_RANGE)
+        self._bounded(stage.bound_folded)
         self._changed()
 
     def discard(self) -> None:
@@ -230,8 +268,37 @@ class MetricsRecorder:
             label_names = self.store.histogram_specs[name].labels
             for key in rows:
                 policy.seed(label_names, key)
+        folded: dict[str, int] = {}
+        if self.store.samples(tables) > self.store.max_samples:
+            # A bound tighter than the snapshot's folds it further now (the next commit keeps it).
+            stage = self.store.begin(tables)
+            self._bound(stage)
+            tables, folded = stage.tables, stage.bound_folded
         self.store.published = tables
+        self._bounded(folded)
         self._changed()
+
+    def _bound(self, stage: Stage) -> None:
+        if not stage.bound(self.store.max_samples) and not self._bound_unmet:
+            self._bound_unmet = True  # once: it stays so until the setting is raised
+            log.warning(
+                "metrics: BEM_MAX_SCRAPE_SAMPLES=%d is too low to hold even the `other` series; raise it",
+                self.store.max_samples,
+            )
+
+    def _bounded(self, folded: Mapping[str, int]) -> None:
+        """Report the scrape's size, and the series just folded to keep it bounded."""
+        for name, count in folded.items():
+            self._bound_folded[name] = self._bound_folded.get(name, 0) + count
+        store = self.store
+        every = {name: folded.get(name, 0) for name in store.samples_per_series}
+        self._reports.scrape_bounded(store.samples(store.published), store.max_samples, every)
+        self.on_scrape(self.scrape_figures())
+
+    def scrape_figures(self) -> ScrapeFigures:
+        store = self.store
+        caps = {name: cap for name, cap in store.published.caps.items() if cap < store.max_series_per_family}
+        return ScrapeFigures(store.samples(store.published), store.max_samples, dict(self._bound_folded), caps)
 
     def snapshot(self) -> bytes:
         """The published counts (what a restart would restore)."""

@@ -13,6 +13,17 @@ another thread sees either the old or the new tables, never half a batch, withou
 
 A histogram row is `[count in bucket 0, ..., count in bucket n-1, count above the last bound,
 sum]`: per-bucket (not cumulative) counts, so an observation touches two cells.
+
+Two bounds keep a scrape small whatever names the API sends, both by folding series into
+their family's `other` series (every label `other` but `status`), so that no count is lost:
+
+- a cap on series per family (`Stage.fit`): a new series beyond it is folded as it comes;
+- a bound on the samples of one scrape (`Stage.bound`: a counter series is one sample, a
+  histogram series its buckets, `+Inf`, `_sum` and `_count`). When a stage would exceed it,
+  the family with the most samples gives way first: its newest series (with their siblings
+  of other statuses) are merged into `other` until the total fits, and its cap drops to the
+  series it keeps, so new series of that family fold as they come. The lowered caps are part
+  of the snapshot: a restart restores the same fold.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,17 +82,21 @@ class HistogramSpec:
 class Tables:
     """One consistent version of every series. Once published, never mutated."""
 
-    __slots__ = ("counters", "exemplars", "histograms")
+    __slots__ = ("caps", "counters", "exemplars", "histograms")
 
     def __init__(
         self,
         counters: dict[str, dict[Key, int]],
         histograms: dict[str, dict[Key, Row]],
         exemplars: dict[str, dict[Key, list[ExemplarRecord | None]]],
+        caps: dict[str, int],
     ) -> None:
         self.counters = counters
         self.histograms = histograms
         self.exemplars = exemplars
+        self.caps = caps
+        """Series per family before new ones fold into `other`: the configured cap, or lower
+        for a family the samples bound has folded."""
 
 
 class HistogramWriter:
@@ -124,6 +139,22 @@ class HistogramWriter:
         row[-1] += value
         return index
 
+    def merge(self, key: Key, into: Key) -> None:
+        """Fold series `key` into series `into` (counts and sum added, the newer exemplar of
+        each bucket kept); `key` is gone."""
+        row = self.rows.pop(key)
+        self.owned.pop(key, None)
+        target = self.owned.get(into)
+        if target is None:
+            target = self._own(into)
+        for index, value in enumerate(row):
+            target[index] += value
+        slots = self.exemplars.pop(key, None) if self.exemplars is not None else None
+        self.owned_exemplars.pop(key, None)
+        for index, record in enumerate(slots or ()):
+            if record is not None:
+                self.exemplar(into, index, record)
+
     def exemplar(self, key: Key, index: int, record: ExemplarRecord) -> None:
         """Keep `record` as the bucket's exemplar unless the bucket holds one of a call that
         finished later: the exemplar shown is the most recent example of its bucket."""
@@ -144,23 +175,26 @@ class HistogramWriter:
 class Stage:
     """A writable copy of the published tables; invisible until `SeriesStore.publish`."""
 
-    __slots__ = ("_label_names", "_limit", "_writers", "folded", "tables")
+    __slots__ = ("_label_names", "_samples_per_series", "_writers", "bound_folded", "folded", "tables")
 
     def __init__(
         self,
         tables: Tables,
         specs: dict[str, HistogramSpec],
         label_names: dict[str, tuple[str, ...]],
-        max_series_per_family: int,
+        samples_per_series: dict[str, int],
     ) -> None:
         self._label_names = label_names
-        self._limit = max_series_per_family
+        self._samples_per_series = samples_per_series
         self.folded = 0
         """Series folded into `other` in this stage because their family was full."""
+        self.bound_folded: dict[str, int] = {}
+        """Series folded into `other` in this stage to keep the scrape within its bound, by family."""
         self.tables = Tables(
             {name: dict(series) for name, series in tables.counters.items()},
             {name: dict(rows) for name, rows in tables.histograms.items()},
             {name: dict(slots) for name, slots in tables.exemplars.items()},
+            dict(tables.caps),
         )
         self._writers = {
             name: HistogramWriter(self.tables.histograms[name], spec.bounds, self.tables.exemplars.get(name))
@@ -174,18 +208,75 @@ class Stage:
     def histogram(self, name: str) -> HistogramWriter:
         return self._writers[name]
 
+    def _series(self, name: str) -> dict[Key, int] | dict[Key, Row]:
+        counters = self.tables.counters
+        return counters[name] if name in counters else self.tables.histograms[name]
+
     def fit(self, name: str, key: Key) -> Key:
         """`key`, or its `other` series when `key` is new and family `name` is full. Every
         label but `status` (a handful of values) folds, so the family holds at most the cap
         plus one `other` series per status, whatever the API sends."""
-        counters = self.tables.counters
-        series: Collection[Key] = counters[name] if name in counters else self.tables.histograms[name]
-        if key in series or len(series) < self._limit:
+        series = self._series(name)
+        if key in series or len(series) < self.tables.caps[name]:
             return key
         self.folded += 1
+        return self.other(name, key)
+
+    def other(self, name: str, key: Key) -> Key:
+        """The `other` series `key` folds into."""
         return tuple(
             value if label == "status" else OTHER for label, value in zip(self._label_names[name], key, strict=True)
         )
+
+    def samples(self) -> dict[str, int]:
+        """Samples each family adds to a scrape."""
+        return {name: len(self._series(name)) * per for name, per in self._samples_per_series.items()}
+
+    def bound(self, max_samples: int) -> bool:
+        """Fold series into `other`, the largest family first, until the scrape's samples
+        are within `max_samples`; False if only `other` series are left and it still is not."""
+        samples = self.samples()
+        groups: dict[str, list[list[Key]]] = {}
+        while sum(samples.values()) > max_samples:
+            name = self._largest_foldable(samples, groups)
+            if name is None:
+                return False
+            self._fold(name, groups[name].pop())
+            samples[name] = len(self._series(name)) * self._samples_per_series[name]
+        return True
+
+    def _largest_foldable(self, samples: dict[str, int], groups: dict[str, list[list[Key]]]) -> str | None:
+        """The family with the most samples that still has a series to fold (among equals the
+        first declared, so that a fold is repeatable); its groups are listed on first use."""
+        for name in sorted(samples, key=lambda family: -samples[family]):
+            if name not in groups:
+                groups[name] = self._groups(name)
+            if groups[name]:
+                return name
+        return None
+
+    def _groups(self, name: str) -> list[list[Key]]:
+        """The family's series that may fold, by their labels but `status`, oldest first."""
+        label_names = self._label_names[name]
+        groups: dict[Key, list[Key]] = {}
+        for key in self._series(name):
+            if self.other(name, key) != key:
+                group = tuple(value for label, value in zip(label_names, key, strict=True) if label != "status")
+                groups.setdefault(group, []).append(key)
+        return list(groups.values())
+
+    def _fold(self, name: str, keys: list[Key]) -> None:
+        if name in self.tables.counters:
+            series = self.tables.counters[name]
+            for key in keys:
+                into = self.other(name, key)
+                series[into] = series.get(into, 0) + series.pop(key)
+        else:
+            writer = self._writers[name]
+            for key in keys:
+                writer.merge(key, self.other(name, key))
+        self.tables.caps[name] = len(self._series(name))
+        self.bound_folded[name] = self.bound_folded.get(name, 0) + len(keys)
 
 
 # --- snapshot format ---------------------------------------------------------------------------
@@ -194,18 +285,24 @@ class Stage:
 class _CounterDump(msgspec.Struct, forbid_unknown_fields=False):
     labels: list[str]
     series: list[tuple[list[str], int | float]]
+    cap: int | None = None
+    """The family's series cap, when the samples bound lowered it (absent otherwise, and in
+    snapshots of earlier versions)."""
 
 
 class _HistogramDump(msgspec.Struct, forbid_unknown_fields=False):
     labels: list[str]
     bounds: list[float]
     series: list[tuple[list[str], list[int | float]]]
+    cap: int | None = None
 
 
 class _Snapshot(msgspec.Struct, forbid_unknown_fields=False):
     version: int
     counters: dict[str, _CounterDump] = {}
     histograms: dict[str, _HistogramDump] = {}
+    max_samples: int | None = None
+    """The samples bound the caps were lowered under."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -228,8 +325,11 @@ class SeriesStore:
         histograms: Sequence[HistogramSpec],
         exemplar_labels: ExemplarLabels,
         max_series_per_family: int,
+        max_samples: int,
     ) -> None:
         self.max_series_per_family = max_series_per_family
+        self.max_samples = max_samples
+        """The bound on the samples of one scrape of these families."""
         self.counter_specs = {spec.name: spec for spec in counters}
         self.histogram_specs = {spec.name: spec for spec in histograms}
         self._exemplar_labels = exemplar_labels
@@ -238,6 +338,9 @@ class SeriesStore:
         self._label_names = {spec.name: spec.labels for spec in counters} | {
             spec.name: spec.labels for spec in histograms
         }
+        self.samples_per_series = {name: 1 for name in self.counter_specs} | {
+            name: len(spec.bounds) + 3 for name, spec in self.histogram_specs.items()  # buckets, +Inf, sum, count
+        }
         self.published = self.empty()
 
     def empty(self) -> Tables:
@@ -245,12 +348,20 @@ class SeriesStore:
             {name: {} for name in self.counter_specs},
             {name: {} for name in self.histogram_specs},
             {name: {} for name, spec in self.histogram_specs.items() if spec.exemplars},
+            dict.fromkeys(self._label_names, self.max_series_per_family),
         )
 
-    def begin(self) -> Stage:
+    def begin(self, tables: Tables | None = None) -> Stage:
         """A stage on top of the published tables (not on top of an earlier, unpublished stage:
-        counts staged but never published must not leak into a later snapshot)."""
-        return Stage(self.published, self.histogram_specs, self._label_names, self.max_series_per_family)
+        counts staged but never published must not leak into a later snapshot), or of `tables`."""
+        base = self.published if tables is None else tables
+        return Stage(base, self.histogram_specs, self._label_names, self.samples_per_series)
+
+    def samples(self, tables: Tables) -> int:
+        """The samples these tables make in a scrape."""
+        sizes = {name: len(series) for name, series in tables.counters.items()}
+        sizes.update((name, len(rows)) for name, rows in tables.histograms.items())
+        return sum(size * self.samples_per_series[name] for name, size in sizes.items())
 
     def publish(self, stage: Stage) -> None:
         self.published = stage.tables  # one reference swap: atomic for a concurrent scrape
@@ -260,7 +371,7 @@ class SeriesStore:
     def snapshot(self, tables: Tables) -> bytes:
         """The counters and histograms (not the exemplars) as compact JSON."""
         counters = {
-            name: {"labels": self.counter_specs[name].labels, "series": list(series.items())}
+            name: {"labels": self.counter_specs[name].labels, "series": list(series.items()), **self._cap(tables, name)}
             for name, series in tables.counters.items()
         }
         histograms = {
@@ -268,10 +379,22 @@ class SeriesStore:
                 "labels": self.histogram_specs[name].labels,
                 "bounds": self.histogram_specs[name].bounds,
                 "series": list(rows.items()),
+                **self._cap(tables, name),
             }
             for name, rows in tables.histograms.items()
         }
-        return _encoder.encode({"version": SNAPSHOT_VERSION, "counters": counters, "histograms": histograms})
+        return _encoder.encode(
+            {
+                "version": SNAPSHOT_VERSION,
+                "counters": counters,
+                "histograms": histograms,
+                "max_samples": self.max_samples,
+            }
+        )
+
+    def _cap(self, tables: Tables, name: str) -> dict[str, int]:
+        cap = tables.caps[name]
+        return {"cap": cap} if cap < self.max_series_per_family else {}
 
     def load(self, data: bytes, keep: Callable[[tuple[str, ...], Key], bool]) -> Tables:
         """Tables from a snapshot. Families this version does not know, or whose label names
@@ -301,7 +424,17 @@ class SeriesStore:
                 log.warning("metrics snapshot: dropping %s (unknown, or its labels changed)", name)
                 continue
             self._load_histogram(hspec, histogram, tables.histograms[name], keep)
+        if dump.max_samples is not None and dump.max_samples >= self.max_samples:
+            self._load_caps(dump, tables)
         return tables
+
+    def _load_caps(self, dump: _Snapshot, tables: Tables) -> None:
+        """The caps the samples bound lowered, under a bound as tight or tighter: the same fold
+        as before the restart. A raised bound starts from the configured caps again."""
+        dumps: dict[str, _CounterDump | _HistogramDump] = {**dump.counters, **dump.histograms}
+        for name, family in dumps.items():
+            if name in tables.caps and family.cap is not None and family.cap >= 0:
+                tables.caps[name] = min(family.cap, self.max_series_per_family)
 
     def _load_histogram(
         self,

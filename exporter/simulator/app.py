@@ -355,4 +355,8 @@ def create_app(simulator: Simulator, *, prefix: str = "", injector: FaultInjecto
     app.router.add_post(prefix + "/v2/calls", create_calls_v2)
     app.router.add_get(prefix + "/v2/calls/{callID}", get_call_v2, allow_head=False)
     app.router.add_post(prefix + "/_simulator/canary", set_canary_faults)
+    # Imported here: the account endpoints answer with this module's error bodies.
+    from .account_api import add_account_routes
+
+    add_account_routes(app, prefix, simulator)
     return app

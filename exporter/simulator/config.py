@@ -9,6 +9,10 @@ CanaryOutcome = Literal["normal", "fail", "hang"]
 CANARY_OUTCOMES: frozenset[str] = frozenset(get_args(CanaryOutcome))
 CANARY_PREFIX = "bem-exporter-canary-"
 """The callReferenceID prefix of the exporter's canary calls, which the canary faults target."""
+DEMO_WEBHOOK_SECRET = "SIMWHSEC-demo-webhook-signing-secret"
+"""The account's webhook signing secret unless told otherwise: fixed, so that the demo and the
+compose stack can give the same one to the exporter; distinctive, so that tests can look for it
+in everything that leaves the exporter."""
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -78,6 +82,69 @@ class Faults:
 
 
 @dataclass
+class Webhooks:
+    """How the simulated bem delivers webhooks to the subscriptions' URLs, and what goes wrong.
+
+    Mutable at runtime, like `Faults`. Each rate is a share drawn from the webhook RNG (never
+    the workload's): `drop_rate`, `duplicate_rate` and `reorder_rate` per event and
+    subscription, `wrong_secret_rate` and `stale_rate` per delivery attempt.
+    """
+
+    secret: str | None = DEMO_WEBHOOK_SECRET
+    """The account's signing secret (`/v3/webhook-secret`); None: deliveries are unsigned, as
+    bem's are after the secret is revoked."""
+    drop_rate: float = 0.0
+    """Share of deliveries never attempted (bem's "or never")."""
+    duplicate_rate: float = 0.0
+    """Share of deliveries sent twice, independently (each with its own signature and retries)."""
+    delay: float = 0.0
+    """Seconds every delivery waits before its first attempt."""
+    reorder_rate: float = 0.0
+    """Share of deliveries held back a random 0..`reorder_window` seconds more, so that later
+    events overtake them."""
+    reorder_window: float = 2.0
+    wrong_secret_rate: float = 0.0
+    """Share of attempts signed with a secret that is not the account's (a forgery, or a
+    rotation the receiver has not caught up with)."""
+    stale_rate: float = 0.0
+    """Share of attempts whose signature's `t=` lies `stale_seconds` in the past."""
+    stale_seconds: float = 600.0
+    final_event_lead: float | None = None
+    """How long before the call's `finishedAt` its last event may be delivered. None: when the
+    event is created, which precedes `finishedAt` by the call's finalizing time (0.02..0.4 s at
+    speed 1), as bem's deliveries can precede the call's `finished` status; 0: not before the
+    call reads finished."""
+    max_attempts: int = 6
+    """Attempts per delivery: a non-2xx answer or none at all is retried until then."""
+    retry_base: float = 1.0
+    """Seconds before the first retry; each further retry waits twice as long."""
+    retry_cap: float = 60.0
+    """The longest wait between two attempts."""
+    timeout: float = 10.0
+    """Seconds an attempt may take, answer included; past it the attempt failed."""
+    senders: int = 4
+    """Deliveries in flight at once."""
+    queue_size: int = 1000
+    """Deliveries waiting for a sender; past it they wait in the schedule (never dropped)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid knob."""
+        for name in ("drop_rate", "duplicate_rate", "reorder_rate", "wrong_secret_rate", "stale_rate"):
+            _check_fraction(name, getattr(self, name))
+        for name in ("delay", "reorder_window", "stale_seconds", "retry_base", "retry_cap"):
+            _check_non_negative(name, getattr(self, name))
+        if self.final_event_lead is not None:
+            _check_non_negative("final_event_lead", self.final_event_lead)
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout!r}")
+        for name in ("max_attempts", "senders", "queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.secret == "":
+            raise ValueError("secret must not be empty (None: unsigned deliveries)")
+
+
+@dataclass
 class SimulatorConfig:
     """What the simulator generates and how it serves it."""
 
@@ -96,9 +163,13 @@ class SimulatorConfig:
     """The required `x-api-key`; None disables authentication."""
     failure_rate: float = 0.15
     """Share of calls that end failed."""
+    failing_workflows: frozenset[str] = frozenset()
+    """Workflows every new call of which ends failed (an outage of one workflow); mutable at runtime."""
     max_function_calls: int = 10
     """Upper bound of function calls per call (each call has 1..N)."""
     faults: Faults = field(default_factory=Faults)
+    webhooks: Webhooks = field(default_factory=Webhooks)
+    """Webhook delivery to the account's subscriptions, and its knobs."""
     cache_mb: int = 1024
     """Memory budget (MiB) for the encoded JSON of finished calls; oldest entries are evicted first."""
 
@@ -115,3 +186,7 @@ class SimulatorConfig:
         if self.max_function_calls < 1:
             raise ValueError(f"max_function_calls must be >= 1, got {self.max_function_calls!r}")
         self.faults.validate()
+        try:
+            self.webhooks.validate()
+        except ValueError as error:
+            raise ValueError(f"webhooks.{error}") from None

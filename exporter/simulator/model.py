@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,9 @@ import msgspec
 from .catalog import FUNCTIONS_BY_ID, FUNCTIONS_BY_NAME, WORKFLOWS_BY_ID, WORKFLOWS_BY_NAME, Function, Workflow
 from .config import CanaryOutcome, SimulatorConfig
 from .query import ListQuery, QueryError
-from .workload import JSON, CallHeader, Plan, Workload, build_plan, call_doc, iso, trace_doc, v2_call_doc
+from .subscriptions import Subscriptions
+from .webhook_log import DeliveryLog
+from .workload import JSON, CallHeader, Plan, PlanEvent, Workload, build_plan, call_doc, iso, trace_doc, v2_call_doc
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,14 @@ class _Group:
         self.sample = sample
         self.completed = 0
         self.failed = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """What webhook delivery needs of one call: its events (by creation time) and finishedAt."""
+
+    finish_ms: int
+    events: list[PlanEvent]
 
 
 class _Rendered:
@@ -105,6 +116,10 @@ class Simulator:
         self.request_starts: deque[float] = deque(maxlen=REQUEST_STARTS_KEPT)
         """Monotonic arrival times of the latest requests (to count requests per second)."""
         self.plans_built = 0
+        self.subscriptions = Subscriptions(config.seed)
+        """The account's webhook subscriptions (`/v3/subscriptions`)."""
+        self.deliveries = DeliveryLog()
+        """Every webhook delivery attempt, and what became of each delivery."""
 
         began = time.perf_counter()
         now = self.now_ms()
@@ -504,6 +519,29 @@ class Simulator:
                     total += 1
             return total
         return sum(1 for position in candidates if all(check(headers[position]) for check in checks))
+
+    # -- webhooks -------------------------------------------------------------------------------
+
+    def webhook_cursor(self, since_ms: int) -> int:
+        """The position of the first call still unfinished at `since_ms` (else of the next call):
+        where webhook delivery picks up the calls when subscriptions appear. One scan of the
+        headers, done when delivery starts, not per tick."""
+        with self._lock:
+            self._now()
+            return next((h.index for h in self._headers if h.finish_ms > since_ms), len(self._headers))
+
+    def timelines(self, cursor: int) -> tuple[list[Timeline], int]:
+        """The timeline of every call from position `cursor` on, and the cursor that follows.
+
+        A running call's plan is the one its trace is rendered from (kept until it finishes), so
+        delivering its events costs no second plan."""
+        with self._lock:
+            now = self._now()
+            found = [
+                Timeline(h.finish_ms, (self._live_plan(h) if now < h.finish_ms else self._plan(h)).events)
+                for h in self._headers[cursor:]
+            ]
+            return found, len(self._headers)
 
     # -- ground truth ---------------------------------------------------------------------------
 

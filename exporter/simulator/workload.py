@@ -297,6 +297,7 @@ class Workload:
         if workflow is not None:
             call_type = "workflow"
             function = None
+            failed = failed or workflow.name in config.failing_workflows
             versions = workflow.versions
             version = versions[-1] if newest else versions[int(version_pick * len(versions))]
             median = workflow.median_seconds

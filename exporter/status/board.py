@@ -97,6 +97,25 @@ class BackfillProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class FoldedFamily:
+    metric: str
+    folded_series: int
+    """Series of this family folded into `other` by the samples bound since the process started."""
+    series_cap: int | None
+    """The family's series cap as the bound lowered it; None when it was not lowered."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeSummary:
+    """The size of a `/metrics` scrape of the counted metrics against its bound."""
+
+    samples: int
+    max_samples: int
+    folded: tuple[FoldedFamily, ...] = ()
+    """The families the bound has folded, largest fold first."""
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """One consistent view of the board, what both renderers take."""
 
@@ -115,6 +134,7 @@ class StatusSnapshot:
     backfill: BackfillProgress | None
     settings: tuple[SettingRow, ...]
     trace_url: str | None
+    scrape: ScrapeSummary | None = None
     webhooks: WebhookSummary | None = None
     """None: no webhook listener."""
 
@@ -157,6 +177,7 @@ class StatusBoard:
         self._tracked = 0
         self._canary: CanarySummary | None = None
         self._backfill: BackfillProgress | None = None
+        self._scrape: ScrapeSummary | None = None
         self._settings: tuple[SettingRow, ...] = ()
         self.webhooks: WebhookBoard | None = None
         """The webhook section, when the listener is on (set by the wiring)."""
@@ -223,6 +244,10 @@ class StatusBoard:
         with self._lock:
             self._backfill = progress
 
+    def set_scrape(self, scrape: ScrapeSummary) -> None:
+        with self._lock:
+            self._scrape = scrape
+
     def snapshot(self) -> StatusSnapshot:
         with self._lock:
             return StatusSnapshot(
@@ -239,6 +264,7 @@ class StatusBoard:
                 backfill=self._backfill,
                 settings=self._settings,
                 trace_url=self._trace_url,
+                scrape=self._scrape,
                 webhooks=self.webhooks.summary() if self.webhooks is not None else None,
             )
 

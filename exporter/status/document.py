@@ -13,6 +13,7 @@ from exporter.status.board import (
     CallLine,
     CanarySummary,
     CycleFigures,
+    ScrapeSummary,
     SettingRow,
     StatusSnapshot,
 )
@@ -39,6 +40,7 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, Any]:
         "calls": [_call(call, snapshot.trace_link(call.trace_id)) for call in snapshot.calls],
         "canary": _canary(snapshot.canary) if snapshot.canary else None,
         "backfill": _backfill(snapshot.backfill) if snapshot.backfill else None,
+        "scrape": _scrape(snapshot.scrape) if snapshot.scrape else None,
         "settings": [_setting(row) for row in snapshot.settings],
         "webhooks": _webhooks(snapshot.webhooks) if snapshot.webhooks else None,
     }
@@ -107,6 +109,17 @@ def _backfill(progress: BackfillProgress) -> dict[str, Any]:
         "reached": iso(progress.reached),
         "calls": progress.calls,
         "done": progress.done,
+    }
+
+
+def _scrape(scrape: ScrapeSummary) -> dict[str, Any]:
+    return {
+        "samples": scrape.samples,
+        "max_samples": scrape.max_samples,
+        "folded": [
+            {"metric": family.metric, "folded_series": family.folded_series, "series_cap": family.series_cap}
+            for family in scrape.folded
+        ],
     }
 
 

@@ -16,6 +16,7 @@ from exporter.status.board import (
     CallLine,
     CanarySummary,
     CycleFigures,
+    ScrapeSummary,
     SettingRow,
     StatusSnapshot,
 )
@@ -62,6 +63,7 @@ def render_html(snapshot: StatusSnapshot) -> str:
             _backfill_section(snapshot.backfill),
             _calls_section(snapshot),
             _cycles_section(snapshot.cycles),
+            _scrape_section(snapshot.scrape),
             _settings_section(snapshot.settings),
             "</main>",
         )
@@ -184,6 +186,19 @@ def _cycles_section(cycles: Sequence[CycleFigures]) -> str:
         for c in cycles
     ]
     return f'<section id="cycles"><h2>Last poll cycles</h2>{_table(head, rows, "no cycle yet")}</section>'
+
+
+def _scrape_section(scrape: ScrapeSummary | None) -> str:
+    if scrape is None:
+        return ""
+    size = f'<p><b id="scrape-samples">{_e(scrape.samples)}</b> samples of at most {_e(scrape.max_samples)}</p>'
+    head = ("metric", "series folded into other", "series cap now")
+    rows = [
+        (f"<code>{_e(f.metric)}</code>", _e(f.folded_series), _e(f.series_cap if f.series_cap is not None else ""))
+        for f in scrape.folded
+    ]
+    folded = _table(head, rows, "nothing folded to keep the scrape bounded")
+    return f'<section id="scrape"><h2>Metrics scrape</h2>{size}{folded}</section>'
 
 
 def _settings_section(settings: Sequence[SettingRow]) -> str:

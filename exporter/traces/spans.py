@@ -12,9 +12,10 @@ the per-function-call work is kept to dict lookups and one pass over each list.
 Traces from the API are not always well-formed; each oddity is worked around, counted once
 per call and kind through `Observer.trace_anomaly`, and logged at debug with ids only.
 
-Every string from the API is bounded (`MAX_STRING_LENGTH`), URLs in error messages and kinds
-are cut down to scheme, host and path, and integers are kept within int64. The ids and the
-anomaly kinds live in `exporter.ids`, shared with the metrics.
+Names, types, statuses and kinds arrive safe (the decoder passed them through
+`exporter.redact.safe_name`); ids are bounded here (`MAX_STRING_LENGTH`), error messages
+redacted like any free text, and integers kept within int64. The ids and the anomaly kinds
+live in `exporter.ids`, shared with the metrics.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from exporter.ids import (
     trace_id_int,
 )
 from exporter.pipeline import FinishedCall, Observer
-from exporter.redact import redact_text
+from exporter.redact import MAX_NAME_LENGTH, redact_text
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -66,9 +67,9 @@ MAX_STRING_LENGTH = 1024
 """Every string a span carries that comes from the API (attribute values, span and event
 names, the status description) is cut to this many characters: a hostile or broken API must
 not make one span, or one export request, arbitrarily large."""
-MAX_ERROR_KIND_LENGTH = 128
-"""An error kind (the `error.type` attribute and the span status description) is a short
-token; a longer one is cut here."""
+MAX_ERROR_KIND_LENGTH = MAX_NAME_LENGTH
+"""An error kind (the `error.type` attribute and the span status description) is a name like
+any other: cut at decoding."""
 _ERROR_CACHE_LIMIT = 4096
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """OTLP's integer attributes are int64; a wider number would be encoded as a varint no
@@ -411,15 +412,14 @@ class SpanBuilder:
             attributes["bem.error.message"] = safe_message(event.message, self._message_length)
         return attributes
 
-    def _error(self, raw_kind: str) -> tuple[str, Status]:
-        """The error kind as exported (URLs cut down, bounded) and the ERROR status it names."""
-        known = self._errors.get(raw_kind)
+    def _error(self, kind: str) -> tuple[str, Status]:
+        """The error kind (made safe at decoding) and the ERROR status it names."""
+        known = self._errors.get(kind)
         if known is None:
             if len(self._errors) >= _ERROR_CACHE_LIMIT:  # hostile kinds must not grow it forever
                 self._errors = {}
-            kind = redact_text(bounded(raw_kind), limit=MAX_ERROR_KIND_LENGTH)
             # A benign race between threads at worst builds the same Status twice.
-            known = self._errors[raw_kind] = (kind, self._status_cls(self._error_code, kind))
+            known = self._errors[kind] = (kind, self._status_cls(self._error_code, kind))
         return known
 
     def _report(self, notes: _Notes, call_id: str, anomalies: list[str] | None) -> None:
@@ -506,10 +506,9 @@ def _int64_or_none(value: int | None, notes: _Notes) -> int | None:
 
 
 def safe_message(message: str, limit: int) -> str:
-    """An error message as exported: URLs cut down to scheme, host and path, at most `limit`
-    characters. Cut before redaction too, so a megabyte of text costs no regex scan (a URL
-    cut short loses its query with the cut or the redaction, never keeps it)."""
-    return redact_text(message[: limit * 4], limit=limit)
+    """An error message as exported: URLs cut down to scheme, host and path, tokens masked, at
+    most `limit` characters (a megabyte of text is cut before any scan)."""
+    return redact_text(message, limit=limit)
 
 
 # ---------------------------------------------------------------------------------------------

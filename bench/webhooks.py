@@ -7,11 +7,12 @@ requests per call, with and without webhooks, at poll intervals of 15 s and 60 s
 Real processes on loopback: the exporter runs `bem-exporter run`'s loop in its own process
 (`bench/worker.py live`, which records when each call's counts were published), spans go to
 the OTLP receiver process (`bench/receiver.py`), and the bem API simulator serves HTTP from
-this process, so its truth is at hand: bem's side of the webhooks is played here too. Every
-0.1 s the deliverer reads the traces of the calls in flight and posts each new event, signed
-with HMAC-SHA256 as bem signs it, to the exporter's listener (bem's own delivery delay is not
-modelled: a delivery leaves within 0.1 s of the event's creation). The simulator runs at
-speed 10 (calls finish in seconds) with new calls arriving at `--rate` per second.
+this process, so its truth is at hand. With webhooks, the simulator's functions of the watched
+workflows are subscribed (output and errors, as `subscribe` plans) to the exporter's listener
+once it answers, and the simulator delivers each event, signed, as it is created (the call's
+last event 0.02 to 0.4 s before it reads finished, as bem's can; bem's network delay is not
+modelled). The simulator runs at speed 10 (calls finish in seconds) with new calls arriving at
+`--rate` per second.
 
 Counted: calls that finished after the exporter's first cycle plus one second (a call that
 finished before waits for the first cycle, not for the loop), until the end of the run minus
@@ -22,16 +23,13 @@ one poll interval (so that every counted call had its chance). Prints a table an
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +39,12 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer  # noqa: E402
-from exporter.webhooks import SIGNATURE_HEADER, sign  # noqa: E402
+from exporter.bem.subscriptions import OUTPUT_TYPE  # noqa: E402
+from exporter.simulator import DEMO_WEBHOOK_SECRET, Simulator, SimulatorConfig, SimulatorServer  # noqa: E402
 
 RESULTS = BENCH / "results"
-SECRET = "whsec-bench-0123456789"
+SECRET = DEMO_WEBHOOK_SECRET
 WORKFLOWS = ["invoice-intake", "claims-triage", "contract-review"]
-TICK = 0.1
-"""Seconds between the deliverer's looks at the calls in flight."""
 
 
 def free_port() -> int:
@@ -64,55 +60,21 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-class Deliverer:
-    """bem's side: every new event of a watched workflow's call, signed, to `url`, as it is created."""
-
-    def __init__(self, simulator: Simulator, url: str, until: float) -> None:
-        self._simulator = simulator
-        self._url = url
-        self._until = until
-        """Monotonic time to stop at: before the exporter does, so that no delivery meets a closed port."""
-        self._known = 0
-        self._sent: dict[str, int] = {}
-        self._stop = threading.Event()
-        self.answers: Counter[int] = Counter()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=8)) as client:
-            while not self._stop.is_set() and time.monotonic() < self._until:
-                started = time.monotonic()
-                await self._tick(client)
-                await asyncio.sleep(max(0.0, TICK - (time.monotonic() - started)))
-
-    async def _tick(self, client: httpx.AsyncClient) -> None:
-        ids = self._simulator.call_ids()
-        for call_id in ids[self._known :]:
-            if self._simulator.call(call_id).get("workflowName") in WORKFLOWS:
-                self._sent[call_id] = 0
-        self._known = len(ids)
-        for call_id in list(self._sent):
-            events = sorted(self._simulator.trace(call_id)["events"], key=lambda event: event["createdAt"])
-            for event in events[self._sent[call_id] :]:
-                await self._post(client, event)
-            self._sent[call_id] = len(events)
-            if self._simulator.status(call_id) in ("completed", "failed"):
-                del self._sent[call_id]
-
-    async def _post(self, client: httpx.AsyncClient, event: dict[str, Any]) -> None:
-        body = json.dumps(event, separators=(",", ":")).encode()
-        headers = {SIGNATURE_HEADER: sign(SECRET, int(time.time()), body), "content-type": "application/json"}
-        try:
-            self.answers[(await client.post(self._url, content=body, headers=headers)).status_code] += 1
-        except httpx.HTTPError:
-            self.answers[0] += 1
+def subscribe(api: str, hook: str) -> int:
+    """Every function of the watched workflows, its output and its errors, delivered to `hook`:
+    what `bem-exporter subscribe --url HOOK --apply` creates (done over the API here, quietly)."""
+    with httpx.Client(base_url=api, headers={"x-api-key": "sim-key"}, timeout=30) as client:
+        functions = client.get("/v3/functions", params={"limit": "100", "workflowNames": ",".join(WORKFLOWS)})
+        made = 0
+        for function in functions.json()["functions"]:
+            for kind in (OUTPUT_TYPE.get(function["type"]), "error"):
+                if kind is None:
+                    continue
+                name = function["functionName"]
+                body = {"name": f"bench {kind}", "type": kind, "functionName": name, "webhookURL": hook}
+                client.post("/v3/subscriptions", json=body).raise_for_status()
+                made += 1
+    return made
 
 
 def wait_listening(url: str, worker: subprocess.Popen[str]) -> None:
@@ -135,8 +97,7 @@ def one_run(
     assert receiver.stdout is not None
     otlp = f"http://127.0.0.1:{int(receiver.stdout.readline())}/v1/traces"
     port = free_port()
-    until = time.monotonic() + duration - 1.0
-    deliverer = Deliverer(simulator, f"http://127.0.0.1:{port}/webhook", until) if webhooks else None
+    hook = f"http://127.0.0.1:{port}/webhook"
     config = {
         "api_url": api,
         "workflows": WORKFLOWS,
@@ -158,16 +119,14 @@ def one_run(
             stderr=subprocess.PIPE,
             text=True,
         )
-        if deliverer is not None:
-            wait_listening(f"http://127.0.0.1:{port}/webhook", worker)
-            deliverer.start()
+        if webhooks:
+            wait_listening(hook, worker)
+            subscribe(api, hook)
         out, err = worker.communicate(timeout=duration + 120)
         if worker.returncode != 0:
             raise SystemExit(f"worker failed ({worker.returncode}):\n{err[-4000:]}")
         result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
     finally:
-        if deliverer is not None:
-            deliverer.stop()
         receiver.terminate()
         receiver.wait(timeout=20)
         server.stop()
@@ -189,7 +148,7 @@ def one_run(
         "api_requests": requests,
         "api_requests_by_endpoint": dict(simulator.requests),
         "api_requests_per_call": round(requests / counted, 2) if counted else None,
-        "deliveries": dict(deliverer.answers) if deliverer is not None else {},
+        "deliveries": {str(outcome): count for outcome, count in simulator.deliveries.counts().items()},
     }
 
 

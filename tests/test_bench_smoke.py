@@ -107,4 +107,4 @@ def test_webhooks_bench_quick_run_writes_every_figure() -> None:
     assert [(run["poll_interval_s"], run["webhooks"]) for run in runs] == [(2.0, False), (2.0, True)]
     for run in runs:
         assert run["calls_measured"] > 0 and run["p99_s"] > 0 and run["api_requests_per_call"] > 0
-    assert runs[1]["deliveries"].get("200", 0) > 0 and set(runs[1]["deliveries"]) == {"200"}
+    assert runs[1]["deliveries"].get("delivered", 0) > 0

@@ -184,6 +184,24 @@ def test_oversize_bodies_are_413_announced_or_streamed_before_their_signature_is
     serve(scenario)
 
 
+def test_a_chunked_delivery_is_read_whole_and_its_connection_serves_the_next() -> None:
+    async def scenario(url: str, recorder: Recorder, watched: Watched) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for number in range(2):
+                body = body_of({**EVENT, "eventID": f"ev_chunked_{number}"})
+
+                async def chunks(data: bytes = body) -> Any:
+                    for start in range(0, len(data), 7):
+                        yield data[start : start + 7]
+
+                response = await client.post(url, content=chunks(), headers=signed(body))
+                assert (response.status_code, response.text) == (200, "accepted\n")
+                await asyncio.sleep(0.7)  # idle past the request timeout: the body's end was seen
+        assert [hint.event_id for hint in recorder.hints] == ["ev_chunked_0", "ev_chunked_1"]
+
+    serve(scenario, request_timeout=0.5)
+
+
 def test_a_hand_over_that_cannot_be_made_safe_is_503_and_the_retry_is_accepted() -> None:
     async def scenario(url: str, recorder: Recorder, watched: Watched) -> None:
         body = body_of(EVENT)

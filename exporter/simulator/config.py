@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from .quality import QualityKnobs
+
 CanaryOutcome = Literal["normal", "fail", "hang"]
 CANARY_OUTCOMES: frozenset[str] = frozenset(get_args(CanaryOutcome))
 CANARY_PREFIX = "bem-exporter-canary-"
@@ -99,6 +101,8 @@ class SimulatorConfig:
     max_function_calls: int = 10
     """Upper bound of function calls per call (each call has 1..N)."""
     faults: Faults = field(default_factory=Faults)
+    quality: QualityKnobs = field(default_factory=QualityKnobs)
+    """bem's function quality metrics: drift, hidden functions, endpoint faults (`quality.py`)."""
     cache_mb: int = 1024
     """Memory budget (MiB) for the encoded JSON of finished calls; oldest entries are evicted first."""
 

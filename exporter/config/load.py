@@ -88,6 +88,7 @@ def _poll(values: Values) -> PollSettings:
         abandon_after=values.get(t.ABANDON_AFTER),
         state_path=values.get(t.STATE_PATH),
         shutdown_grace=values.get(t.SHUTDOWN_GRACE),
+        quality_interval=values.get(t.QUALITY_INTERVAL),
     )
 
 

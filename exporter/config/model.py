@@ -84,6 +84,8 @@ class PollSettings:
     abandon_after: float = 6 * 3600.0
     state_path: str = "bem-exporter.sqlite"
     shutdown_grace: float = 8.0
+    quality_interval: float = 300.0
+    """Seconds between reads of bem's function quality metrics; 0: no reads."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from exporter.status.board import (
     CallLine,
     CanarySummary,
     CycleFigures,
+    QualitySummary,
     SettingRow,
     StatusSnapshot,
 )
@@ -39,6 +40,7 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, Any]:
         "canary": _canary(snapshot.canary) if snapshot.canary else None,
         "backfill": _backfill(snapshot.backfill) if snapshot.backfill else None,
         "settings": [_setting(row) for row in snapshot.settings],
+        "quality": _quality(snapshot.quality) if snapshot.quality else None,
     }
 
 
@@ -105,6 +107,20 @@ def _backfill(progress: BackfillProgress) -> dict[str, Any]:
         "reached": iso(progress.reached),
         "calls": progress.calls,
         "done": progress.done,
+    }
+
+
+def _quality(quality: QualitySummary) -> dict[str, Any]:
+    return {
+        "interval_seconds": quality.interval,
+        "last_result": quality.last_result,
+        "last_attempt_at": iso(quality.last_attempt_at),
+        "last_success_at": iso(quality.last_success_at),
+        "functions": quality.functions,
+        "rejected": quality.rejected,
+        "pages": quality.pages,
+        "last_error": quality.last_error,
+        "last_error_at": iso(quality.last_error_at),
     }
 
 

@@ -48,8 +48,6 @@ class QualityKnobs:
     without the feature; 429; 500)."""
     malformed: bool = False
     """When True, both endpoints answer 200 with a body that is not JSON."""
-    page_limit: int = MAX_LIMIT
-    """The largest page served: a larger `limit` is cut to it (an API with a lower maximum)."""
     started: float | None = None
     """When the counts started growing: the first answer of the metrics endpoint."""
 
@@ -230,9 +228,8 @@ def select(query: FunctionQuery, knobs: QualityKnobs) -> tuple[list[Function], i
         start = _place(ordered, query.starting_after, "startingAfter", query.descending, after=True)
     if query.ending_before is not None:
         end = _place(ordered, query.ending_before, "endingBefore", query.descending, after=False)
-    limit = min(query.limit, knobs.page_limit)
     page = ordered[start:end]
-    page = page[-limit:] if query.ending_before is not None else page[:limit]
+    page = page[-query.limit :] if query.ending_before is not None else page[: query.limit]
     return page, len(matching)
 
 

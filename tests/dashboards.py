@@ -42,6 +42,7 @@ COUNTERS = (
     "bem_exporter_calls_abandoned_total",
     "bem_exporter_label_overflow_total",
     "bem_canary_runs_total",
+    "bem_exporter_quality_reads_total",
 )
 HISTOGRAMS = (
     "bem_call_duration_seconds",
@@ -66,6 +67,14 @@ GAUGES = (
     "bem_canary_last_success_timestamp_seconds",
     "bem_exporter_api_rate_limit",
     "bem_exporter_backfill_remaining_calls",
+    "bem_function_accuracy_ratio",
+    "bem_function_precision_ratio",
+    "bem_function_recall_ratio",
+    "bem_function_f1_ratio",
+    "bem_function_results",
+    "bem_function_labeled_results",
+    "bem_function_evaluations",
+    "bem_exporter_quality_last_success_timestamp_seconds",
 )
 EXPORTED_METRICS = COUNTERS + HISTOGRAMS + GAUGES
 """The metric families bem-exporter exposes (docs/metrics.md, DESIGN.md section 1)."""

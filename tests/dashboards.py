@@ -140,15 +140,27 @@ def expand(expr: str, variables: Mapping[str, str] | None = None) -> str:
 def dashboard_queries(variables: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
     """(dashboard uid, panel title, PromQL) for every Prometheus query of every panel, with
     the Grafana variables expanded (see `expand`). Pass e.g. `{"workflow": "invoice-intake"}`
-    for dashboards whose queries match a variable with `=` rather than `=~`."""
+    for dashboards whose queries match a variable with `=` rather than `=~`. A text box
+    variable not given is its value as shipped (what Grafana sends before anyone types)."""
     out = []
     for dashboard in load_dashboards().values():
+        values = {**textbox_values(dashboard), **(variables or {})}
         for panel in panels(dashboard):
             if not is_prometheus(panel):
                 continue
             for target in panel.get("targets", []):
-                out.append((dashboard["uid"], panel["title"], expand(target["expr"], variables)))
+                out.append((dashboard["uid"], panel["title"], expand(target["expr"], values)))
     return out
+
+
+def textbox_values(dashboard: Dashboard) -> dict[str, str]:
+    """The shipped values of a dashboard's text box variables (e.g. the Quality dashboard's
+    price per function call, empty)."""
+    return {
+        variable["name"]: str(variable.get("current", {}).get("value", ""))
+        for variable in dashboard.get("templating", {}).get("list", [])
+        if variable.get("type") == "textbox"
+    }
 
 
 def annotation_queries() -> list[tuple[str, str, str]]:

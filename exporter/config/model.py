@@ -166,6 +166,8 @@ class TraceSettings:
     resource_attributes: tuple[tuple[str, str], ...] = ()
     error_messages: bool = True
     """Export error events' messages (truncated) as span attributes."""
+    genai_conventions: bool = False
+    """`OTEL_SEMCONV_STABILITY_OPT_IN` holds `gen_ai_latest_experimental`: the GenAI layout too."""
     error_message_length: int = 256
     max_backlog: int = 10_000
     """Finished calls whose spans wait in memory while the backend is down."""

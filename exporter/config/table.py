@@ -319,6 +319,11 @@ RESOURCE_ATTRIBUTES = Setting(
     env="OTEL_RESOURCE_ATTRIBUTES", section="traces", spec=True, parse=parse.otel_pairs,
     help="extra resource attributes `k=v,k2=v2`",
 )
+SEMCONV_STABILITY_OPT_IN = Setting(
+    env="OTEL_SEMCONV_STABILITY_OPT_IN", section="traces", spec=True, parse=parse.names,
+    unset="none (the default layout)", help="comma list of semantic-convention categories to emit in their newest "
+    "form; `gen_ai_latest_experimental` adds the OpenTelemetry GenAI layout to the spans (docs/traces.md)",
+)
 EXPORT_ERROR_MESSAGES = Setting(
     env="BEM_EXPORT_ERROR_MESSAGES", key="export_error_messages", section="traces", metavar="BOOL",
     parse=parse.boolean, default="true",
@@ -354,7 +359,8 @@ ROWS: tuple[Row, ...] = (
     LISTEN, CALL_BUCKETS, FUNCTION_BUCKETS, METRICS_WORKFLOWS, METRICS_FUNCTIONS, METRICS_MAX_LABEL_VALUES,
     MAX_SERIES_PER_METRIC, METRICS_BASIC_AUTH_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TRACE_URL,
     TRACES_EXPORTER, OTLP_TRACES_ENDPOINT, OTLP_ENDPOINT, OTLP_PROTOCOL, OTLP_HEADERS, OTLP_TIMEOUT, OTLP_INSECURE,
-    SERVICE_NAME, RESOURCE_ATTRIBUTES, EXPORT_ERROR_MESSAGES, SPAN_BACKLOG, OTLP_MAX_REQUEST_BYTES,
+    SERVICE_NAME, RESOURCE_ATTRIBUTES, SEMCONV_STABILITY_OPT_IN, EXPORT_ERROR_MESSAGES, SPAN_BACKLOG,
+    OTLP_MAX_REQUEST_BYTES,
     LOG_LEVEL, LOG_FORMAT,
 )
 BY_KEY: dict[str, Row] = {row.key: row for row in ROWS if row.key}

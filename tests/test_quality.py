@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -272,3 +273,31 @@ def test_run_reads_quality_beside_the_poll_loop_and_keeps_counting_calls(tmp_pat
             ]
         finally:
             exporter.stop()
+
+
+def test_only_the_leader_reads_and_a_standby_serves_no_quality_gauges(tmp_path: Path, postgres_url: str) -> None:
+    """Two replicas on one PostgreSQL state: the leader serves the quality gauges, the standby
+    none; when the leader dies the standby takes over and serves them."""
+    from replicas import Replicas
+
+    simulator = Simulator(SimulatorConfig(seed=13, arrival_rate=0.5))
+    with SimulatorServer(simulator) as url:
+        replicas = Replicas(url, postgres_url, tmp_path, env={"BEM_QUALITY_INTERVAL": "1s", "BEM_LEADER_LEASE": "2s"})
+        try:
+            first, second = replicas.add(), replicas.add()
+            leader = replicas.wait_leader(30)
+            standby = second if leader is first else first
+
+            def shown(replica: ExporterProcess) -> int:
+                return len(replica.samples("bem_function_results"))
+
+            wait_until(lambda: shown(leader) == len(FUNCTIONS_BY_NAME), 30, what="the leader's quality gauges")
+            wait_until(lambda: bool(standby.samples("bem_exporter_leader")), 30, what="the standby serving")
+            time.sleep(2.0)  # a few of the leader's reads later
+            assert shown(standby) == 0
+            assert set(standby.samples("bem_exporter_quality_reads_total").values()) == {0.0}, "a standby read"
+            replicas.kill(leader)
+            assert replicas.wait_leader(30) is standby
+            wait_until(lambda: shown(standby) == len(FUNCTIONS_BY_NAME), 30, what="the new leader's quality gauges")
+        finally:
+            replicas.stop_all()

@@ -228,7 +228,8 @@ def quality_watch(
     observer.expect_quality((FUNCTION_RECORD, METRICS_RECORD))
     observer.expect_endpoints(QUALITY_ENDPOINTS)
     gauges = QualityGauges(metrics.labels)
-    metrics.live_registry.register(gauges)  # a few hundred series at most: rendered per scrape
+    metrics.rare_registry.register(gauges)  # rendered when a read changes them, not per scrape
+    gauges.on_change = metrics.rare_changed
 
     def rejected(record: str, count: int) -> None:
         for _ in range(count):

@@ -7,6 +7,7 @@ goes on counting calls."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import math
 import time
@@ -19,9 +20,12 @@ import pytest
 from conftest import Clock
 from processes import ExporterProcess, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.bem.client import BemClient
+from exporter.config import MetricsSettings
+from exporter.metrics import Metrics
 from exporter.metrics.labels import LabelPolicy
 from exporter.metrics.observer import SelfMetrics
 from exporter.quality.gauges import QualityGauges
@@ -301,3 +305,28 @@ def test_only_the_leader_reads_and_a_standby_serves_no_quality_gauges(tmp_path: 
             wait_until(lambda: shown(standby) == len(FUNCTIONS_BY_NAME), 30, what="the new leader's quality gauges")
         finally:
             replicas.stop_all()
+
+
+def test_the_gauges_are_rendered_when_a_read_changes_them_not_per_scrape(served: tuple[Simulator, str]) -> None:
+    """Wired as `run` wires them (`Metrics.rare_registry`): every scrape body, plain, gzipped
+    and OpenMetrics, holds the last read's gauges once and is valid; a change shows at once."""
+    _, url = served
+    metrics = Metrics(MetricsSettings(), "test")
+    gauges = QualityGauges(metrics.labels)
+    metrics.rare_registry.register(gauges)
+    gauges.on_change = metrics.rare_changed
+    with_client(url, read_into(gauges, page_size=100))
+    openmetrics = "application/openmetrics-text; version=1.0.0"
+    text = metrics.exposition(openmetrics)[0].decode()
+    families = {family.name: family for family in parse_openmetrics(text)}
+    assert len(families["bem_function_accuracy_ratio"].samples) >= 10 and text.count("# EOF") == 1
+    zipped = gzip.decompress(metrics.exposition(openmetrics, gzipped=True)[0]).decode()
+    quality = [line for line in text.splitlines() if "bem_function_" in line]
+    assert [line for line in zipped.splitlines() if "bem_function_" in line] == quality and zipped.endswith("# EOF\n")
+    plain = metrics.exposition(None)[0].decode()
+    assert plain.count("# TYPE bem_function_results gauge") == 1
+    gauges.clear()
+    assert "bem_function_accuracy_ratio{" not in metrics.exposition(openmetrics)[0].decode()
+    wait_until(lambda: metrics.exposition_if_rendered(openmetrics) is not None, 10, what="the rendered body")
+    served_body = metrics.exposition_if_rendered(openmetrics)
+    assert served_body is not None and "bem_function_accuracy_ratio{" not in served_body[0].decode()

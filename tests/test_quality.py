@@ -33,7 +33,7 @@ from exporter.quality.reader import QualityReader
 from exporter.quality.watch import QualityWatch
 from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 from exporter.simulator.catalog import FUNCTIONS_BY_NAME
-from exporter.simulator.quality import UNLABELED, WORKFLOW_FUNCTIONS, truth
+from exporter.simulator.quality import UNLABELED, functions_of, truth
 from exporter.status import StatusBoard, render_html, render_json
 
 T = TypeVar("T")
@@ -146,7 +146,7 @@ def test_workflows_filter_what_is_read(served: tuple[Simulator, str]) -> None:
     _, url = served
     gauges = QualityGauges(LabelPolicy(200))
     reading = with_client(url, read_into(gauges, page_size=3, workflows=("claims-triage", "email-router")))
-    assert set(reading.functions) == WORKFLOW_FUNCTIONS["claims-triage"] | WORKFLOW_FUNCTIONS["email-router"]
+    assert set(reading.functions) == functions_of("claims-triage") | functions_of("email-router")
 
 
 def test_the_label_cap_applies_and_folded_functions_get_no_series(served: tuple[Simulator, str]) -> None:

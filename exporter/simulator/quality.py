@@ -7,27 +7,28 @@ demo started (`QualityKnobs.start_drift`). The four ratios are computed from the
 computes them, and are null where their denominator is 0: every function of a type bem does not
 evaluate (split, route, send, ...) and `UNLABELED` (results, but nobody labels them).
 
-Both endpoints page like bem's other v3 listings: `limit` (1..100, default 50), a `functionID`
-as cursor (`startingAfter`, `endingBefore`), `sortOrder`; filters `functionIDs`,
-`functionNames`, `types`, `workflowNames`. The metrics items carry no `functionID` (as in
-bem-sdk's `FunctionGetMetricsResponse`).
+The metrics endpoint pages and filters exactly as the function listing does
+(`exporter.simulator.functions`: `limit`, a `functionID` as cursor, `sortOrder`,
+`functionIDs`, `functionNames`, `types`, `workflowIDs`, `workflowNames`), and its items carry
+no `functionID` (as in bem-sdk's `FunctionGetMetricsResponse`). The knobs' faults (`status`,
+`malformed`) apply to both endpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog import FUNCTIONS_BY_NAME, WORKFLOWS, Function, Node
-from .query import DEFAULT_LIMIT, MAX_LIMIT, QueryError
+from .catalog import FUNCTIONS_BY_NAME, Function
+from .functions import USED_IN, list_functions
+from .query import MAX_LIMIT
 
 EVALUATED_TYPES = frozenset({"extract", "transform", "analyze", "join", "classify"})
 """Function types whose results can be labeled; the others report no labeled result."""
 UNLABELED = "extract-health-claim"
 """An evaluated function whose results nobody labels: results, but null ratios."""
-_ARRAYS = {"functionIDs", "functionNames", "types", "workflowNames"}
 
 
 @dataclass
@@ -40,7 +41,7 @@ class QualityKnobs:
     labeling_stopped: dict[str, float] = field(default_factory=dict)
     """Function name -> when its labeling stopped: its labeled count stays, results grow."""
     hidden: set[str] = field(default_factory=set)
-    """Functions left out of both endpoints, as if deleted."""
+    """Functions left out of the metrics answer (still listed: bem gives no metrics for them)."""
     garbled: set[str] = field(default_factory=set)
     """Functions whose metrics item comes out undecodable (`metrics` is not an object)."""
     status: int | None = None
@@ -147,138 +148,32 @@ def metrics_item(function: Function, c: Counts) -> dict[str, Any]:
     }
 
 
-def function_item(function: Function) -> dict[str, Any]:
-    """One item of `GET /v3/functions`: the fields every function type has (no configuration)."""
-    used = sorted(name for name, functions in WORKFLOW_FUNCTIONS.items() if function.name in functions)
-    return {
-        "functionID": function.id,
-        "functionName": function.name,
-        "type": function.type,
-        "versionNum": function.version,
-        "displayName": function.display,
-        "usedInWorkflows": [{"workflowName": name} for name in used],
-    }
-
-
-# --- the listing: filters and cursor paging ---------------------------------------------------
-
-
-def _node_functions(node: Node) -> set[str]:
-    found = {node.function.name}
-    children = [*node.next, *(outlet.node for outlet in node.outlets)]
-    children += [child for child in (node.per_item, node.join) if child is not None]
-    for child in children:
-        found |= _node_functions(child)
-    return found
-
-
-WORKFLOW_FUNCTIONS: dict[str, frozenset[str]] = {w.name: frozenset(_node_functions(w.root)) for w in WORKFLOWS}
-"""Workflow name -> the names of the functions it references (the `workflowNames` filter)."""
-ORDERED: tuple[Function, ...] = tuple(sorted(FUNCTIONS_BY_NAME.values(), key=lambda f: f.id))
-"""The listing order: by functionID."""
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionQuery:
-    limit: int = DEFAULT_LIMIT
-    descending: bool = False
-    starting_after: str | None = None
-    ending_before: str | None = None
-    filters: Mapping[str, frozenset[str]] = field(default_factory=dict)
-
-
-def parse_function_query(items: Iterable[tuple[str, str]]) -> FunctionQuery:
-    """The parameters of either endpoint; arrays comma-separated and/or repeated."""
-    arrays: dict[str, set[str]] = {}
-    scalars: dict[str, str] = {}
-    for key, value in items:
-        name = key.removesuffix("[]")
-        if name in _ARRAYS:
-            arrays.setdefault(name, set()).update(v.strip() for v in value.split(",") if v.strip())
-        else:
-            scalars[name] = value
-    order = scalars.get("sortOrder") or "asc"
-    if order not in ("asc", "desc"):
-        raise QueryError("sortOrder must be 'asc' or 'desc'", "sortOrder")
-    after, before = scalars.get("startingAfter") or None, scalars.get("endingBefore") or None
-    if after and before:
-        raise QueryError("startingAfter and endingBefore cannot be used together", "startingAfter")
-    filters = {name: frozenset(values) for name, values in arrays.items() if values}
-    return FunctionQuery(_limit(scalars.get("limit")), order == "desc", after, before, filters)
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_LIMIT
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise QueryError("limit must be an integer between 1 and 100", "limit") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise QueryError("limit must be an integer between 1 and 100", "limit")
-    return limit
-
-
-def select(query: FunctionQuery, knobs: QualityKnobs) -> tuple[list[Function], int]:
-    """One page of the functions the query matches, and how many match in all."""
-    matching = [f for f in ORDERED if f.name not in knobs.hidden and _matches(f, query.filters)]
-    ordered = matching[::-1] if query.descending else matching
-    start, end = 0, len(ordered)
-    if query.starting_after is not None:
-        start = _place(ordered, query.starting_after, "startingAfter", query.descending, after=True)
-    if query.ending_before is not None:
-        end = _place(ordered, query.ending_before, "endingBefore", query.descending, after=False)
-    page = ordered[start:end]
-    page = page[-query.limit :] if query.ending_before is not None else page[: query.limit]
-    return page, len(matching)
-
-
-def _matches(function: Function, filters: Mapping[str, frozenset[str]]) -> bool:
-    checks = {
-        "functionIDs": function.id,
-        "functionNames": function.name,
-        "types": function.type,
-    }
-    for name, wanted in filters.items():
-        if name == "workflowNames":
-            if not any(function.name in WORKFLOW_FUNCTIONS.get(w, ()) for w in wanted):
-                return False
-        elif checks[name] not in wanted:
-            return False
-    return True
-
-
-def _place(ordered: list[Function], function_id: str, parameter: str, descending: bool, *, after: bool) -> int:
-    """Where a page bounded by the cursor `function_id` starts (`after`) or ends in `ordered`.
-    A cursor the filters exclude still names a place in the order, as a Stripe-style cursor does."""
-    ids = [f.id for f in ordered]
-    if function_id in ids:
-        return ids.index(function_id) + (1 if after else 0)
-    if function_id not in {f.id for f in ORDERED}:
-        raise QueryError(f"{parameter}: no function with ID {function_id!r}", parameter)
-    return sum((other > function_id) if descending else (other < function_id) for other in ids)
-
-
 # --- the answers --------------------------------------------------------------------------------
 
 MALFORMED_BODY = b'{"functions": [{"functionName": "extract-inv'
 """What `QualityKnobs.malformed` answers: a body cut short."""
 
 
-def list_body(query: FunctionQuery, knobs: QualityKnobs) -> dict[str, Any]:
-    """The body of `GET /v3/functions`."""
-    page, _ = select(query, knobs)
-    return {"functions": [function_item(f) for f in page]}
+_PAGING = frozenset({"limit", "startingAfter", "endingBefore", "sortOrder"})
 
 
-def metrics_body(query: FunctionQuery, knobs: QualityKnobs, now: float) -> dict[str, Any]:
-    """The body of `GET /v3/functions/metrics` at epoch `now` (the first answer starts the clock
-    of the counts)."""
+def metrics_body(items: Iterable[tuple[str, str]], knobs: QualityKnobs, now: float) -> dict[str, Any]:
+    """The body of `GET /v3/functions/metrics` for these query parameters at epoch `now`: the
+    listing's page, less the hidden functions, as metrics items (the first answer starts the
+    clock of the counts). QueryError for a bad parameter."""
     if knobs.started is None:
         knobs.started = now
-    page, total = select(query, knobs)
-    items = [_item(f, knobs, now - knobs.started, now) for f in page]
-    return {"functions": items, "totalCount": total}
+    items = list(items)
+    page = [FUNCTIONS_BY_NAME[doc["functionName"]] for doc in list_functions(items)["functions"]]
+    shown = [f for f in page if f.name not in knobs.hidden]
+    return {"functions": [_item(f, knobs, now - knobs.started, now) for f in shown], "totalCount": _total(items, knobs)}
+
+
+def _total(items: list[tuple[str, str]], knobs: QualityKnobs) -> int:
+    """How many functions the filters match, hidden ones left out (the catalogue is one page)."""
+    filters = [(key, value) for key, value in items if key.removesuffix("[]") not in _PAGING]
+    matched = list_functions([*filters, ("limit", str(MAX_LIMIT))])["functions"]
+    return sum(doc["functionName"] not in knobs.hidden for doc in matched)
 
 
 def _item(function: Function, knobs: QualityKnobs, elapsed: float, now: float) -> dict[str, Any]:
@@ -292,5 +187,12 @@ def truth(knobs: QualityKnobs, now: float) -> dict[str, dict[str, Any]]:
     """Function name -> its metrics item as the next answer at `now` will give it (for tests)."""
     started = knobs.started if knobs.started is not None else now
     return {
-        f.name: metrics_item(f, counts(f, knobs, now - started, now)) for f in ORDERED if f.name not in knobs.hidden
+        name: metrics_item(f, counts(f, knobs, now - started, now))
+        for name, f in FUNCTIONS_BY_NAME.items()
+        if name not in knobs.hidden
     }
+
+
+def functions_of(workflow: str) -> set[str]:
+    """The names of the functions a workflow references (what `workflowNames` selects)."""
+    return {name for name, workflows in USED_IN.items() if any(w.name == workflow for w in workflows)}

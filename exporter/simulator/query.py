@@ -65,6 +65,15 @@ _FIELDS = {
 }
 
 
+def parse_limit(raw: str | None) -> int:
+    """The `limit` parameter of a listing: 1..100, DEFAULT_LIMIT when absent."""
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise QueryError("limit must be an integer between 1 and 100", "limit")
+    return int(raw)
+
+
 def parse_list_query(items: Iterable[tuple[str, str]]) -> ListQuery:
     """Parse query parameters; arrays may be comma-separated and/or repeated (`statuses=a,b&statuses=c`)."""
     arrays: dict[str, set[str]] = {}

@@ -147,15 +147,15 @@ def _simulator_flags(command: argparse.ArgumentParser) -> None:
         "--rate-limit-burst", type=float, default=1.0, metavar="N", help="requests allowed at once (default 1)"
     )
     command.add_argument(
-        "--no-retry-after", action="store_true", help="answer rate-limit 429s without Retry-After (default: with)"
-    )
-    command.add_argument(
         "--quality-drift",
         action="append",
         default=[],
         metavar="FUNCTION:PER_HOUR",
         help="make a function's accuracy (GET /v3/functions/metrics) fall by PER_HOUR each hour, e.g. "
         "extract-invoice:0.6 (repeatable; default: steady)",
+    )
+    command.add_argument(
+        "--no-retry-after", action="store_true", help="answer rate-limit 429s without Retry-After (default: with)"
     )
 
 
@@ -217,18 +217,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(flags, config_file=args.config, require_key=args.command in ("run", "once", "check"))
 
 
-def _drift(raw: str) -> tuple[str, float]:
-    """A `--quality-drift` value: the function's name and the accuracy it loses per hour."""
-    name, _, per_hour = raw.rpartition(":")
-    try:
-        value = float(per_hour)
-    except ValueError:
-        value = -1.0
-    if not name or not 0.0 <= value < float("inf"):
-        raise SettingsError(f"--quality-drift: {raw!r} is not FUNCTION:PER_HOUR (e.g. extract-invoice:0.6)")
-    return name, value
-
-
 def _simulate(args: argparse.Namespace) -> int:
     from exporter.simulator import Faults, SimulatorConfig, serve
 
@@ -256,13 +244,25 @@ def _simulate(args: argparse.Namespace) -> int:
         config.validate()
     except ValueError as error:
         raise SettingsError(f"simulate: {error}") from None
-    for drift in args.quality_drift:
-        name, per_hour = _drift(drift)
-        config.quality.start_drift(name, per_hour, time.time())
     logs.setup("info", "auto")
     # The simulator's key is no secret: it is what a client of the simulator must send.
     accepts = f"accepting the API key {config.api_key!r}" if config.api_key else "accepting requests without a key"
     logging.getLogger("exporter").info(f"starting the bem API simulator on {host or '127.0.0.1'}:{port}, {accepts}")
+    for drift in args.quality_drift:
+        name, per_hour = _drift(drift)
+        config.quality.start_drift(name, per_hour, time.time())
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, host or "127.0.0.1", int(port)))
     return 0
+
+
+def _drift(raw: str) -> tuple[str, float]:
+    """A `--quality-drift` value: the function's name and the accuracy it loses per hour."""
+    name, _, per_hour = raw.rpartition(":")
+    try:
+        value = float(per_hour)
+    except ValueError:
+        value = -1.0
+    if not name or not 0.0 <= value < float("inf"):
+        raise SettingsError(f"--quality-drift: {raw!r} is not FUNCTION:PER_HOUR (e.g. extract-invoice:0.6)")
+    return name, value

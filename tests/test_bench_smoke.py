@@ -72,15 +72,6 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     assert result["machine"]["python"] and result["table"]
 
 
-def test_exchange_bench_measures_both_paths() -> None:
-    command = [sys.executable, str(ROOT / "bench" / "exchange.py"), "--requests", "50", "--rounds", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-    result = json.loads(done.stdout)
-    assert result["requests"] == 50
-    assert len(result["async_client_us"]) == len(result["exchange_us"]) == 1
-    assert result["async_client_us"][0] > 0 and result["exchange_us"][0] > 0
-
-
 def test_quality_bench_writes_every_figure() -> None:
     command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--functions", "20", "--scrapes", "3"]
     command += ["--pages", "3"]
@@ -89,3 +80,12 @@ def test_quality_bench_writes_every_figure() -> None:
     result = json.loads(done.stdout)
     assert all(value > 0 for value in result["scrape_us"].values()) and result["decode_us_per_page"] > 0
     assert result["read_ms"]["page_100"]["pages"] == 1 and result["read_ms"]["page_5"]["pages"] == 6
+
+
+def test_exchange_bench_measures_both_paths() -> None:
+    command = [sys.executable, str(ROOT / "bench" / "exchange.py"), "--requests", "50", "--rounds", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout)
+    assert result["requests"] == 50
+    assert len(result["async_client_us"]) == len(result["exchange_us"]) == 1
+    assert result["async_client_us"][0] > 0 and result["exchange_us"][0] > 0

@@ -101,10 +101,10 @@ class SimulatorConfig:
     max_function_calls: int = 10
     """Upper bound of function calls per call (each call has 1..N)."""
     faults: Faults = field(default_factory=Faults)
-    quality: QualityKnobs = field(default_factory=QualityKnobs)
-    """bem's function quality metrics: drift, hidden functions, endpoint faults (`quality.py`)."""
     cache_mb: int = 1024
     """Memory budget (MiB) for the encoded JSON of finished calls; oldest entries are evicted first."""
+    quality: QualityKnobs = field(default_factory=QualityKnobs)
+    """bem's function quality metrics: drift, hidden functions, endpoint faults (`quality.py`)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid setting."""

@@ -330,3 +330,41 @@ def test_the_gauges_are_rendered_when_a_read_changes_them_not_per_scrape(served:
     wait_until(lambda: metrics.exposition_if_rendered(openmetrics) is not None, 10, what="the rendered body")
     served_body = metrics.exposition_if_rendered(openmetrics)
     assert served_body is not None and "bem_function_accuracy_ratio{" not in served_body[0].decode()
+
+
+class _CrashingOnce:
+    """A reader whose first read fails with a bug (not an API error), then reads for real."""
+
+    def __init__(self, reader: QualityReader) -> None:
+        self._reader = reader
+        self.reads = 0
+
+    async def read(self) -> Any:
+        self.reads += 1
+        if self.reads == 1:
+            raise RuntimeError("a bug in the reader")
+        return await self._reader.read()
+
+
+def test_a_crashing_read_is_logged_and_the_loop_goes_on(
+    served: tuple[Simulator, str], clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, url = served
+    labels = LabelPolicy(200)
+    gauges = QualityGauges(labels)
+    observer = SelfMetrics(labels, "test")
+    observer.expect_quality(())
+
+    async def loop(client: BemClient) -> int:
+        reader = _CrashingOnce(QualityReader(client))
+        watch = QualityWatch(reader, gauges, observer, 0.01, clock=clock)
+        task = asyncio.create_task(watch.run())
+        while not gauges.shown:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return reader.reads
+
+    assert with_client(url, loop) >= 2
+    assert "quality read crashed" in caplog.text
+    assert gauges.shown == 0, "the gauges go with the task"

@@ -63,7 +63,10 @@ class QualityWatch:
         try:
             while True:
                 started = time.monotonic()
-                await self.read_once()
+                try:
+                    await self.read_once()
+                except Exception as error:  # a bug: logged, and the next read comes as planned
+                    log.error("quality read crashed", extra={"error": f"{type(error).__name__}: {error}"})
                 await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
         finally:
             self._gauges.clear()

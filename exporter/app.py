@@ -28,6 +28,10 @@ from exporter.metrics.observer import SelfMetrics
 from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
 from exporter.poll.progress import Listener, Progress
+from exporter.quality.gauges import QualityGauges
+from exporter.quality.reader import ENDPOINTS as QUALITY_ENDPOINTS
+from exporter.quality.reader import FUNCTION_RECORD, METRICS_RECORD, QualityReader
+from exporter.quality.watch import QualityWatch
 from exporter.state import StateStore, StateWriteError
 from exporter.state.sqlite import SqliteStore
 from exporter.status import BackfillProgress, FoldedFamily, ScrapeSummary, StatusBoard
@@ -58,6 +62,8 @@ class Exporter:
     mirror: StandbyMirror
     """What a standby serves (the shared state's counts)."""
     canary: CanaryDriver | None = None
+    quality: QualityWatch | None = None
+    """The leader's reader of bem's function quality metrics; None when `BEM_QUALITY_INTERVAL=0`."""
 
     def is_leader(self) -> bool:
         """Whether this replica polls, exports spans and creates canary calls now (always
@@ -135,8 +141,9 @@ async def open_exporter(
                     canary, settings.canary, client, state, board=status, is_leader=leadership.is_leader
                 )
             )
+            quality = quality_watch(settings, client, metrics, status)
             yield Exporter(
-                settings, client, state, metrics, span_exporter, delivery, poller, leadership, mirror, driver
+                settings, client, state, metrics, span_exporter, delivery, poller, leadership, mirror, driver, quality
             )
     finally:
         span_exporter.shutdown()
@@ -209,6 +216,28 @@ def client_hooks(observer: SelfMetrics) -> ClientHooks:
         throttle_cleared=observer.throttle_cleared,
         rate=observer.api_rate_limit,
     )
+
+
+def quality_watch(
+    settings: Settings, client: BemClient, metrics: Metrics, status: StatusBoard | None
+) -> QualityWatch | None:
+    """The reader of bem's function quality metrics and its gauges, or None when turned off."""
+    interval = settings.poll.quality_interval
+    if not interval:
+        return None
+    observer = metrics.observer
+    observer.expect_quality((FUNCTION_RECORD, METRICS_RECORD))
+    observer.expect_endpoints(QUALITY_ENDPOINTS)
+    gauges = QualityGauges(metrics.labels)
+    metrics.rare_registry.register(gauges)  # rendered when a read changes them, not per scrape
+    gauges.on_change = metrics.rare_changed
+
+    def rejected(record: str, count: int) -> None:
+        for _ in range(count):
+            observer.rejected_record(record)
+
+    reader = QualityReader(client, settings.api.workflows, rejected=rejected)
+    return QualityWatch(reader, gauges, observer, interval, board=status)
 
 
 def progress_listeners(observer: SelfMetrics, status: StatusBoard | None) -> list[Listener]:

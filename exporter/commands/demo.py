@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
 
 from exporter.commands.run import run
-from exporter.config import CanarySettings, Secret, Settings
+from exporter.config import CanarySettings, PollSettings, Secret, Settings
 from exporter.pipeline import FinishedCall, SpanExporter
 from exporter.traces.tree import render_tree
 
@@ -34,10 +35,12 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
     from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
     simulator = Simulator(SimulatorConfig(seed=7, arrival_rate=simulator_rate, prefill=prefill, history=1800.0))
+    simulator.config.quality.start_drift(DEMO_DRIFT_FUNCTION, DEMO_DRIFT_PER_HOUR, time.time())
     with SimulatorServer(simulator) as sim_url:
         settings = replace(settings, api=replace(settings.api, url=sim_url, key=_sim_key()))
         if not settings.canary.enabled:
             settings = replace(settings, canary=demo_canary())
+        settings = demo_quality(settings)
         spans: SpanExporter | None = None
         if settings.traces.exporter == "otlp" and not settings.traces.endpoint_configured:
             spans = TreePrinter()
@@ -56,10 +59,36 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
                 else f"  traces:    {settings.traces.protocol} {settings.traces.endpoint}\n"
             )
             + f"  canary:    a call of {settings.canary.workflow} every {settings.canary.interval:g}s\n"
+            + _quality_line(settings)
             + "  stop with Ctrl-C",
             flush=True,
         )
         return await run(settings, spans)
+
+
+DEMO_DRIFT_FUNCTION = "extract-invoice"
+DEMO_DRIFT_PER_HOUR = 0.6
+"""The demo's quiet failure: this function's accuracy falls by 0.01 a minute, so that the
+Quality dashboard shows it sliding and BemFunctionAccuracyDropped fires within half an hour."""
+DEMO_QUALITY_INTERVAL = 30.0
+"""Quality reads every 30 s in the demo (unless set), so that the drift shows within minutes."""
+
+
+def demo_quality(settings: Settings) -> Settings:
+    """Read the simulated quality metrics often, unless the user chose an interval (or off)."""
+    if settings.poll.quality_interval != PollSettings().quality_interval:
+        return settings
+    return replace(settings, poll=replace(settings.poll, quality_interval=DEMO_QUALITY_INTERVAL))
+
+
+def _quality_line(settings: Settings) -> str:
+    interval = settings.poll.quality_interval
+    if not interval:
+        return "  quality:   off (BEM_QUALITY_INTERVAL=0)\n"
+    return (
+        f"  quality:   bem's function metrics read every {interval:g}s; {DEMO_DRIFT_FUNCTION}'s accuracy "
+        f"drifts down {DEMO_DRIFT_PER_HOUR * 100 / 60:g} point a minute (bem_function_accuracy_ratio)\n"
+    )
 
 
 def _sim_key() -> Secret | None:

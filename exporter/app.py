@@ -30,6 +30,10 @@ from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
 from exporter.poll.hints import HintQueue
 from exporter.poll.progress import Listener, Progress
+from exporter.quality.gauges import QualityGauges
+from exporter.quality.reader import ENDPOINTS as QUALITY_ENDPOINTS
+from exporter.quality.reader import FUNCTION_RECORD, METRICS_RECORD, QualityReader
+from exporter.quality.watch import QualityWatch
 from exporter.state import StateStore, StateWriteError
 from exporter.state.sqlite import SqliteStore
 from exporter.status import BackfillProgress, FoldedFamily, ScrapeSummary, StatusBoard
@@ -65,6 +69,8 @@ class Exporter:
     mirror: StandbyMirror
     """What a standby serves (the shared state's counts)."""
     canary: CanaryDriver | None = None
+    quality: QualityWatch | None = None
+    """The leader's reader of bem's function quality metrics; None when `BEM_QUALITY_INTERVAL=0`."""
     webhooks: WebhookServer | None = None
     """The webhook listener (BEM_WEBHOOK_LISTEN), started by `run`."""
     hint_relay: HintRelay | None = None
@@ -157,8 +163,9 @@ async def open_exporter(
                     canary, settings.canary, client, state, board=status, is_leader=leadership.is_leader
                 )
             )
+            quality = quality_watch(settings, client, metrics, status)
             exporter = Exporter(
-                settings, client, state, metrics, span_exporter, delivery, poller, leadership, mirror, driver
+                settings, client, state, metrics, span_exporter, delivery, poller, leadership, mirror, driver, quality
             )
             if hints is not None:
                 wire_webhooks(exporter, hints, shared_hints, status)
@@ -275,6 +282,28 @@ def client_hooks(observer: SelfMetrics) -> ClientHooks:
         throttle_cleared=observer.throttle_cleared,
         rate=observer.api_rate_limit,
     )
+
+
+def quality_watch(
+    settings: Settings, client: BemClient, metrics: Metrics, status: StatusBoard | None
+) -> QualityWatch | None:
+    """The reader of bem's function quality metrics and its gauges, or None when turned off."""
+    interval = settings.poll.quality_interval
+    if not interval:
+        return None
+    observer = metrics.observer
+    observer.expect_quality((FUNCTION_RECORD, METRICS_RECORD))
+    observer.expect_endpoints(QUALITY_ENDPOINTS)
+    gauges = QualityGauges(metrics.labels)
+    metrics.rare_registry.register(gauges)  # rendered when a read changes them, not per scrape
+    gauges.on_change = metrics.rare_changed
+
+    def rejected(record: str, count: int) -> None:
+        for _ in range(count):
+            observer.rejected_record(record)
+
+    reader = QualityReader(client, settings.api.workflows, rejected=rejected)
+    return QualityWatch(reader, gauges, observer, interval, board=status)
 
 
 def progress_listeners(observer: SelfMetrics, status: StatusBoard | None) -> list[Listener]:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from exporter import __version__, logs
@@ -162,6 +163,14 @@ def _simulator_flags(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--rate-limit-burst", type=float, default=1.0, metavar="N", help="requests allowed at once (default 1)"
+    )
+    command.add_argument(
+        "--quality-drift",
+        action="append",
+        default=[],
+        metavar="FUNCTION:PER_HOUR",
+        help="make a function's accuracy (GET /v3/functions/metrics) fall by PER_HOUR each hour, e.g. "
+        "extract-invoice:0.6 (repeatable; default: steady)",
     )
     command.add_argument(
         "--no-retry-after", action="store_true", help="answer rate-limit 429s without Retry-After (default: with)"
@@ -362,6 +371,21 @@ def _simulate(args: argparse.Namespace) -> int:
     # The simulator's key is no secret: it is what a client of the simulator must send.
     accepts = f"accepting the API key {config.api_key!r}" if config.api_key else "accepting requests without a key"
     logging.getLogger("exporter").info(f"starting the bem API simulator on {host or '127.0.0.1'}:{port}, {accepts}")
+    for drift in args.quality_drift:
+        name, per_hour = _drift(drift)
+        config.quality.start_drift(name, per_hour, time.time())
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, host or "127.0.0.1", int(port)))
     return 0
+
+
+def _drift(raw: str) -> tuple[str, float]:
+    """A `--quality-drift` value: the function's name and the accuracy it loses per hour."""
+    name, _, per_hour = raw.rpartition(":")
+    try:
+        value = float(per_hour)
+    except ValueError:
+        value = -1.0
+    if not name or not 0.0 <= value < float("inf"):
+        raise SettingsError(f"--quality-drift: {raw!r} is not FUNCTION:PER_HOUR (e.g. extract-invoice:0.6)")
+    return name, value

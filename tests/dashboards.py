@@ -43,6 +43,7 @@ COUNTERS = (
     "bem_exporter_label_overflow_total",
     "bem_exporter_scrape_folded_series_total",
     "bem_canary_runs_total",
+    "bem_exporter_quality_reads_total",
 )
 HISTOGRAMS = (
     "bem_call_duration_seconds",
@@ -67,6 +68,14 @@ GAUGES = (
     "bem_canary_last_success_timestamp_seconds",
     "bem_exporter_api_rate_limit",
     "bem_exporter_backfill_remaining_calls",
+    "bem_function_accuracy_ratio",
+    "bem_function_precision_ratio",
+    "bem_function_recall_ratio",
+    "bem_function_f1_ratio",
+    "bem_function_results",
+    "bem_function_labeled_results",
+    "bem_function_evaluations",
+    "bem_exporter_quality_last_success_timestamp_seconds",
 )
 EXPORTED_METRICS = COUNTERS + HISTOGRAMS + GAUGES
 """The metric families bem-exporter exposes (docs/metrics.md, DESIGN.md section 1)."""
@@ -132,15 +141,27 @@ def expand(expr: str, variables: Mapping[str, str] | None = None) -> str:
 def dashboard_queries(variables: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
     """(dashboard uid, panel title, PromQL) for every Prometheus query of every panel, with
     the Grafana variables expanded (see `expand`). Pass e.g. `{"workflow": "invoice-intake"}`
-    for dashboards whose queries match a variable with `=` rather than `=~`."""
+    for dashboards whose queries match a variable with `=` rather than `=~`. A text box
+    variable not given is its value as shipped (what Grafana sends before anyone types)."""
     out = []
     for dashboard in load_dashboards().values():
+        values = {**textbox_values(dashboard), **(variables or {})}
         for panel in panels(dashboard):
             if not is_prometheus(panel):
                 continue
             for target in panel.get("targets", []):
-                out.append((dashboard["uid"], panel["title"], expand(target["expr"], variables)))
+                out.append((dashboard["uid"], panel["title"], expand(target["expr"], values)))
     return out
+
+
+def textbox_values(dashboard: Dashboard) -> dict[str, str]:
+    """The shipped values of a dashboard's text box variables (e.g. the Quality dashboard's
+    price per function call, empty)."""
+    return {
+        variable["name"]: str(variable.get("current", {}).get("value", ""))
+        for variable in dashboard.get("templating", {}).get("list", [])
+        if variable.get("type") == "textbox"
+    }
 
 
 def annotation_queries() -> list[tuple[str, str, str]]:

@@ -73,6 +73,16 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     assert result["machine"]["python"] and result["table"]
 
 
+def test_quality_bench_writes_every_figure() -> None:
+    command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--functions", "20", "--scrapes", "3"]
+    command += ["--pages", "3"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert all(value > 0 for value in result["scrape_us"].values()) and result["decode_us_per_page"] > 0
+    assert result["read_ms"]["page_100"]["pages"] == 1 and result["read_ms"]["page_5"]["pages"] == 6
+
+
 def test_exchange_bench_measures_both_paths() -> None:
     command = [sys.executable, str(ROOT / "bench" / "exchange.py"), "--requests", "50", "--rounds", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)

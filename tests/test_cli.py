@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import SIM_KEY
 from fault_helpers import log_records
 from otlp_receiver import HttpReceiver
@@ -20,6 +21,8 @@ from processes import ROOT, ExporterProcess, free_port, run_command, wait_until
 
 from exporter.config.table import ROWS
 from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator.catalog import FUNCTIONS_BY_NAME
+from exporter.simulator.quality import profile
 
 
 def test_once_prints_a_summary_and_hands_everything_on(tmp_path: Path) -> None:
@@ -360,3 +363,46 @@ def test_demo_prints_its_status_url_and_says_its_trees_are_a_sample() -> None:
         "set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 to send all of them to Tempo, Jaeger or a Collector"
     )
     assert status.status_code == 200 and "bem-exporter" in status.text
+
+
+def test_demo_shows_a_functions_accuracy_sliding() -> None:
+    """The demo's simulator drifts one function's accuracy down; its quality gauge follows."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BEM_", "OTEL_"))}
+    command = ["demo", "--listen", f"127.0.0.1:{port}", "--prefill", "5", "--quality-interval", "1s"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", *command],
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+
+    def accuracy() -> float | None:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        found = re.search(r'^bem_function_accuracy_ratio\{function_name="extract-invoice"\} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else None
+
+    # Without the drift the ratio stays within half a label (1/234) of the function's steady
+    # accuracy; the drift (0.6 an hour) takes it 0.006 below that in 36 s.
+    steady = profile(FUNCTIONS_BY_NAME["extract-invoice"]).accuracy
+    try:
+        assert process.stdout is not None
+        banner = [process.stdout.readline().rstrip("\n") for _ in range(9)]
+        wait_until(lambda: accuracy() is not None, 30, what="the demo's quality gauges")
+        wait_until(lambda: (accuracy() or 1.0) < steady - 0.006, 90, interval=1.0, what="the accuracy sliding")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert banner[7] == (
+        "  quality:   bem's function metrics read every 1s; extract-invoice's accuracy drifts down 1 point a "
+        "minute (bem_function_accuracy_ratio)"
+    )
+
+
+@pytest.mark.parametrize("drift", ["extract-invoice", "extract-invoice:fast", ":0.6", "extract-invoice:-1"])
+def test_a_bad_quality_drift_exits_2_naming_the_flag(drift: str) -> None:
+    result = _exporter("simulate", "--listen", "127.0.0.1:0", "--quality-drift", drift)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("bem-exporter: error: --quality-drift:")

@@ -35,9 +35,10 @@ DASHBOARDS = load_dashboards()
 EXPECTED = {"bem-overview.json", "bem-workflow.json", "bem-exporter-health.json", "bem-slo.json"}
 PANEL_TYPES = {"timeseries", "stat", "heatmap", "table", "bargauge"}
 RANGE = re.compile(r"\[([^\]]*)\]")
+EXPECTED.add("bem-quality.json")  # the Quality dashboard (issue 22)
 
 
-def test_the_four_dashboards_are_there() -> None:
+def test_every_shipped_dashboard_is_there() -> None:
     assert set(DASHBOARDS) == EXPECTED
 
 

@@ -362,6 +362,20 @@ def test_exemplars_in_openmetrics_only() -> None:
     assert b"trace_id=" not in plain and b"# EOF" not in plain
 
 
+def test_a_confidence_bucket_links_to_the_function_call_that_fell_into_it() -> None:
+    """The Quality dashboard's heatmap opens the trace of a low-confidence call from here."""
+    metrics = new_metrics()
+    low = make_call("low", events=[{"eventID": "e-low", "eventType": "extract", "avgConfidence": 0.31}])
+    metrics.recorder.stage([low])
+    metrics.recorder.publish()
+    text = metrics.exposition(OPENMETRICS)[0].decode()
+    labels = f'span_id="{function_call_span_id_for("low-fc0")}",trace_id="{trace_id_for("low")}"'
+    buckets = [line for line in text.splitlines() if line.startswith("bem_function_confidence_bucket")]
+    linked = [line for line in buckets if "# {" in line]
+    assert len(linked) == 1 and 'le="0.4"' in linked[0] and linked[0].endswith(f"# {{{labels}}} 0.31")
+    assert "trace_id=" not in metrics.exposition("text/plain")[0].decode()
+
+
 def test_the_newest_exemplar_stays() -> None:
     metrics = new_metrics(call_buckets=(100.0,))
     older = make_call("old", duration=10.0)

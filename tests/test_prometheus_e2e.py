@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from otlp_receiver import HttpReceiver
 from processes import ROOT, ExporterProcess, wait_until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
@@ -454,6 +455,9 @@ def test_restarts_neither_double_count_nor_reset_counters(tmp_path: Path) -> Non
 
 # --- the shipped dashboards --------------------------------------------------------------------
 
+QUALITY_PRICE = "0.01"
+"""A price per function call for the Quality dashboard's spend panels (empty as shipped: no data)."""
+
 
 @diagnosed
 def test_every_dashboard_query_returns_data(run: Run) -> None:
@@ -469,7 +473,7 @@ def test_every_dashboard_query_returns_data(run: Run) -> None:
             calls[workflow] += count
     workflow = RUN_CANARY_WORKFLOW
     assert calls[workflow] >= calls.most_common(1)[0][1] / 2, calls
-    queries = dashboards.dashboard_queries({"workflow": workflow})
+    queries = dashboards.dashboard_queries({"workflow": workflow, "price": QUALITY_PRICE})
     assert len(queries) > 50
 
     prometheus = run.prometheus
@@ -693,7 +697,7 @@ def check_replicated_run(
 
     # Every panel has data through the kill, and no call panel shows a series per replica.
     empty = []
-    for uid, title, expr in dashboards.dashboard_queries({"workflow": workflow}):
+    for uid, title, expr in dashboards.dashboard_queries({"workflow": workflow, "price": QUALITY_PRICE}):
         if "bem_canary_" in expr:
             continue  # no canary in this run: the module's `run` checks those panels
         values = prometheus.query_range(expr, started - 5, time.time(), step=2.0)
@@ -767,5 +771,62 @@ def test_bem_canary_failing_fires_when_canary_calls_fail(tmp_path: Path) -> None
                 failed = prometheus.scalar('sum(bem_canary_runs_total{result="failure"})')
                 assert failed is not None and failed >= 2
                 assert prometheus.scalar('max(bem_canary_success{workflow_name="receipt-extract"})') == 0
+        finally:
+            shut_down(exporter, prometheus)
+
+
+# --- quality: a drifting accuracy ----------------------------------------------------------------
+
+QUALITY_ALERTS = ("BemFunctionAccuracyDropped", "BemFunctionConfidenceDropped", "BemFunctionLabelingStalled")
+
+
+def quality_rules_at_once(directory: Path) -> list[Path]:
+    """The shipped rule files with the quality alerts' `for` cut to 0s: the test sees the rules'
+    expressions judge the exporter's real series in seconds; promtool tests the `for` durations
+    (prometheus/tests/bem-quality.test.yaml)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    for source in RULE_FILES:
+        document = yaml.safe_load(source.read_text())
+        for group in document["groups"]:
+            for rule in group["rules"]:
+                if rule.get("alert") in QUALITY_ALERTS:
+                    rule["for"] = "0s"
+        target = directory / source.name
+        target.write_text(yaml.safe_dump(document, sort_keys=False))
+        files.append(target)
+    return files
+
+
+def test_bem_function_accuracy_dropped_fires_when_accuracy_drifts(tmp_path: Path) -> None:
+    """Silent while the simulator's function accuracies hold (their counts still grow); firing,
+    for the drifting function alone, once the simulator's drift has taken its accuracy more than
+    0.10 below its best, read by `bem-exporter run` every second through the shipped rules."""
+    simulator = Simulator(SimulatorConfig(seed=37, arrival_rate=0.5, speed=SPEED))
+    drifting = "extract-invoice"
+    alerts = 'ALERTS{alertname="BemFunctionAccuracyDropped"}'
+    with SimulatorServer(simulator) as url:
+        exporter = ExporterProcess(url, tmp_path / "state.sqlite", env={"BEM_QUALITY_INTERVAL": "1s"})
+        rules = quality_rules_at_once(tmp_path / "rules")
+        prometheus = PrometheusServer(tmp_path / "prometheus", [f"127.0.0.1:{exporter.port}"], rule_files=rules).start()
+        try:
+            with prometheus.diagnose(exporter.log):
+                exporter.start()
+                recorded = 'count(function_ratio:bem_function_quality:ratio{ratio="accuracy"})'
+                prometheus.wait_for(recorded, lambda v: (v or 0) >= 10, 60, what="accuracy of 10 labeled functions")
+                accuracy = f'max(bem_function_accuracy_ratio{{function_name="{drifting}"}})'
+                best = prometheus.scalar(accuracy)
+                assert best is not None and best > 0.85
+                for _ in range(5):  # five rule evaluations over steady accuracies
+                    prometheus.wait_rules_evaluated()
+                assert prometheus.vector(alerts) == {}, "BemFunctionAccuracyDropped on steady accuracies"
+
+                simulator.config.quality.start_drift(drifting, per_hour=0.02 * 3600, now=time.time())  # 0.02/s
+                firing = f'count({alerts[:-1]}, alertstate="firing", function_name="{drifting}"}})'
+                prometheus.wait_for(firing, lambda v: (v or 0) >= 1, 60, what="BemFunctionAccuracyDropped firing")
+                now = prometheus.scalar(accuracy)
+                assert now is not None and now < best - 0.10
+                fired = {dict(labels)["function_name"] for labels in prometheus.vector(alerts)}
+                assert fired == {drifting}, f"other functions alerted: {fired}"
         finally:
             shut_down(exporter, prometheus)

@@ -20,6 +20,7 @@ from exporter.status import (
     BackfillProgress,
     CanarySummary,
     FoldedFamily,
+    QualitySummary,
     ScrapeSummary,
     SettingRow,
     StatusBoard,
@@ -65,7 +66,7 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
         document = response.json()
         assert set(document) == {
             "schema", "version", "generated_at", "started_at", "role", "api", "backlog", "tracked",
-            "cycles", "calls", "canary", "backfill", "settings", "scrape", "webhooks",
+            "cycles", "calls", "canary", "backfill", "settings", "scrape", "quality", "webhooks",
         }  # fmt: skip
         assert document["webhooks"] == {
             "url": "http://127.0.0.1:9878/webhook", "handover": "postgres",
@@ -75,6 +76,7 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
             "last_refused": "bad_signature", "last_refused_at": "2023-11-14T22:13:20.000Z",
             "followed": 1, "read": 3, "counted": 2,
         }  # fmt: skip
+        assert document["quality"] is None, "no quality reader was started"
         assert (document["schema"], document["version"], document["role"]) == (1, "9.9.9", "single")
         assert document["api"]["state"] == "up" and document["api"]["last_error"] is None
         assert document["tracked"] == 3 and document["cycles"][0]["discovered"] == len(calls)
@@ -132,6 +134,8 @@ def test_page_is_self_contained_and_sent_with_a_strict_policy(calls: list[Finish
 def test_no_secret_and_no_document_content_anywhere(calls: list[FinishedCall]) -> None:
     board = fed_board(calls)
     board.api_down(f"GET /v3/calls: HTTP 500 from https://ops:{PASSWORD}@bucket.example/doc.pdf?X-Amz-Signature=abc")
+    leak = f"/v3/functions/metrics: HTTP 500 from https://ops:{PASSWORD}@bucket.example/?X-Amz-Signature=abc"
+    board.set_quality(QualitySummary(300.0, last_result="rejected", last_error=leak, last_error_at=1.0))
 
     async def scenario(url: str, client: httpx.AsyncClient) -> None:
         for path in ("/status", "/status.json"):

@@ -155,7 +155,10 @@ def _decode_call(raw: bytes) -> Call:
     return call
 
 
-def _envelope(decoder: msgspec.json.Decoder[T], body: bytes | msgspec.Raw, what: str) -> T:
+def decode_envelope(decoder: msgspec.json.Decoder[T], body: bytes | msgspec.Raw, what: str) -> T:
+    """`body` decoded by `decoder`, read once more past lexical faults (see the module's doc);
+    `DecodeError` naming `what` for a body that is not JSON at all. Public for the other readers
+    of bem (exporter/quality/), whose records are then decoded one by one like the calls'."""
     try:
         return decoder.decode(body)
     except _INVALID:
@@ -233,7 +236,7 @@ def _safe_record(record: R, values: tuple[str | None, ...]) -> R:
 
 
 def decode_call_page(body: bytes) -> CallPage:
-    envelope = _envelope(_list, body, "list calls")
+    envelope = decode_envelope(_list, body, "list calls")
     calls: list[Call] = []
     ids: list[str | None] = []
     rejected_ids: list[str] = []
@@ -270,15 +273,15 @@ def _call_id(raw: msgspec.Raw) -> str | None:
 
 def decode_trace(body: bytes) -> Trace:
     """The trace of `GET /v3/calls/{id}/trace`."""
-    return _trace_records(_envelope(_trace, body, "get trace").trace)
+    return _trace_records(decode_envelope(_trace, body, "get trace").trace)
 
 
 def decode_v2_trace(body: bytes) -> Trace:
     """The trace embedded in `GET /v2/calls/{id}` (legacy accounts)."""
-    envelope = _envelope(_call_envelope, body, "get call")
+    envelope = decode_envelope(_call_envelope, body, "get call")
     if envelope.call == b"null":
         return Trace()
-    return _trace_records(_envelope(_v2_trace, envelope.call, "get call").trace)
+    return _trace_records(decode_envelope(_v2_trace, envelope.call, "get call").trace)
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw] | None)

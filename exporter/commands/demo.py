@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
@@ -11,7 +12,7 @@ from exporter.app import bem_client
 from exporter.bem.subscriptions import create_subscription, list_functions, list_subscriptions
 from exporter.commands.run import run
 from exporter.commands.subscribe import plan
-from exporter.config import ApiSettings, CanarySettings, Secret, Settings, WebhookSettings
+from exporter.config import ApiSettings, CanarySettings, PollSettings, Secret, Settings, WebhookSettings
 from exporter.pipeline import FinishedCall, SpanExporter
 from exporter.traces.tree import render_tree
 from exporter.webhooks import PATH as WEBHOOK_PATH
@@ -44,10 +45,12 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
         seed=7, arrival_rate=simulator_rate, prefill=prefill, history=1800.0, webhooks=Webhooks(secret=signing)
     )
     simulator = Simulator(config)
+    simulator.config.quality.start_drift(DEMO_DRIFT_FUNCTION, DEMO_DRIFT_PER_HOUR, time.time())
     with SimulatorServer(simulator) as sim_url:
         settings = replace(settings, api=replace(settings.api, url=sim_url, key=_sim_key()))
         if not settings.canary.enabled:
             settings = replace(settings, canary=demo_canary())
+        settings = demo_quality(settings)
         spans: SpanExporter | None = None
         if settings.traces.exporter == "otlp" and not settings.traces.endpoint_configured:
             spans = TreePrinter()
@@ -69,6 +72,7 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
                 else f"  traces:    {settings.traces.protocol} {settings.traces.endpoint}\n"
             )
             + f"  canary:    a call of {settings.canary.workflow} every {settings.canary.interval:g}s\n"
+            + _quality_line(settings)
             + "  stop with Ctrl-C",
             flush=True,
         )
@@ -113,6 +117,31 @@ def _free_port(host: str, preferred: int) -> int:
 
 def _shown(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+DEMO_DRIFT_FUNCTION = "extract-invoice"
+DEMO_DRIFT_PER_HOUR = 0.6
+"""The demo's quiet failure: this function's accuracy falls by 0.01 a minute, so that the
+Quality dashboard shows it sliding and BemFunctionAccuracyDropped fires within half an hour."""
+DEMO_QUALITY_INTERVAL = 30.0
+"""Quality reads every 30 s in the demo (unless set), so that the drift shows within minutes."""
+
+
+def demo_quality(settings: Settings) -> Settings:
+    """Read the simulated quality metrics often, unless the user chose an interval (or off)."""
+    if settings.poll.quality_interval != PollSettings().quality_interval:
+        return settings
+    return replace(settings, poll=replace(settings.poll, quality_interval=DEMO_QUALITY_INTERVAL))
+
+
+def _quality_line(settings: Settings) -> str:
+    interval = settings.poll.quality_interval
+    if not interval:
+        return "  quality:   off (BEM_QUALITY_INTERVAL=0)\n"
+    return (
+        f"  quality:   bem's function metrics read every {interval:g}s; {DEMO_DRIFT_FUNCTION}'s accuracy "
+        f"drifts down {DEMO_DRIFT_PER_HOUR * 100 / 60:g} point a minute (bem_function_accuracy_ratio)\n"
+    )
 
 
 def _sim_key() -> Secret | None:

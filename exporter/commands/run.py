@@ -136,6 +136,8 @@ async def _lead(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) ->
     """Poll and deliver until stopped (None) or, with a lease, until it is lost (why)."""
     term = asyncio.Event()
     worker = asyncio.create_task(exporter.delivery.run(term))
+    # Beside the poll loop, never in its way: its own task, on the leader only.
+    quality = asyncio.create_task(exporter.quality.run()) if exporter.quality is not None else None
     polling = asyncio.create_task(_poll_until(exporter, stop, status))
     lost = asyncio.create_task(exporter.leadership.lost()) if exporter.leadership.replicated else None
     relay = asyncio.create_task(exporter.hint_relay.run()) if exporter.hint_relay is not None else None
@@ -148,6 +150,8 @@ async def _lead(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) ->
         term.set()
         if relay is not None:
             await _cancel(relay)
+        if quality is not None:
+            await _cancel(quality)
         for task in (polling, lost):
             if task is not None and not task.done():
                 task.cancel()  # lost: the cycle in progress could only be refused

@@ -26,6 +26,7 @@ from exporter.config.model import (
 )
 from exporter.config.parse import SettingsError
 from exporter.config.resolve import PRECEDENCE, Values, load_config_file, resolve
+from exporter.traces.genai import opted_in
 
 
 def load_settings(
@@ -91,6 +92,7 @@ def _poll(values: Values) -> PollSettings:
         abandon_after=values.get(t.ABANDON_AFTER),
         state_path=values.get(t.STATE_PATH),
         shutdown_grace=values.get(t.SHUTDOWN_GRACE),
+        quality_interval=values.get(t.QUALITY_INTERVAL),
     )
 
 
@@ -210,9 +212,15 @@ def _traces(values: Values) -> TraceSettings:
         service_name=values.optional(t.SERVICE_NAME) or dict(resource).get("service.name") or "bem",
         resource_attributes=resource,
         error_messages=values.get(t.EXPORT_ERROR_MESSAGES),
+        genai_conventions=_genai(values),
         max_backlog=values.get(t.SPAN_BACKLOG),
         max_request_bytes=values.get(t.OTLP_MAX_REQUEST_BYTES),
     )
+
+
+def _genai(values: Values) -> bool:
+    categories: tuple[str, ...] = values.optional(t.SEMCONV_STABILITY_OPT_IN) or ()
+    return opted_in(categories)
 
 
 def _otlp_endpoint(values: Values, protocol: str) -> tuple[str, bool]:

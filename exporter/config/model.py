@@ -84,6 +84,8 @@ class PollSettings:
     abandon_after: float = 6 * 3600.0
     state_path: str = "bem-exporter.sqlite"
     shutdown_grace: float = 8.0
+    quality_interval: float = 300.0
+    """Seconds between reads of bem's function quality metrics; 0: no reads."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ class TraceSettings:
     resource_attributes: tuple[tuple[str, str], ...] = ()
     error_messages: bool = True
     """Export error events' messages (truncated) as span attributes."""
+    genai_conventions: bool = False
+    """`OTEL_SEMCONV_STABILITY_OPT_IN` holds `gen_ai_latest_experimental`: the GenAI layout too."""
     error_message_length: int = 256
     max_backlog: int = 10_000
     """Finished calls whose spans wait in memory while the backend is down."""

@@ -120,6 +120,11 @@ def _webhook_secrets_file(name: str, path: str) -> tuple[Secret, ...]:
     return _webhook_secrets(name, parse.read_text_file(name, path))
 
 
+def _duration_or_off(name: str, raw: str) -> float:
+    """A duration, or `0` for off."""
+    return 0.0 if raw.strip() in ("0", "0s") else parse.parse_duration(name, raw)
+
+
 def _canary_file(name: str, path: str) -> bytes:
     return parse.read_bytes_file(name, path.strip(), CANARY_FILE_LIMIT)
 
@@ -182,6 +187,11 @@ ABANDON_AFTER = Setting(
     env="BEM_ABANDON_AFTER", key="abandon_after", section="poll", metavar="DURATION", parse=parse.parse_duration,
     default="6h", help="a call still pending/running after this long stops being tracked and is counted in "
     "`bem_exporter_calls_abandoned_total`",
+)
+QUALITY_INTERVAL = Setting(
+    env="BEM_QUALITY_INTERVAL", key="quality_interval", section="poll", metavar="DURATION", parse=_duration_or_off,
+    default="5m", help="how often the leader reads bem's function quality metrics (`GET /v3/functions/metrics`, "
+    "every page) into the `bem_function_*_ratio` gauges; `0` turns the reads off",
 )
 SHUTDOWN_GRACE = Setting(
     env="BEM_SHUTDOWN_GRACE", key="shutdown_grace", section="poll", metavar="DURATION", parse=parse.parse_duration,
@@ -359,6 +369,11 @@ RESOURCE_ATTRIBUTES = Setting(
     env="OTEL_RESOURCE_ATTRIBUTES", section="traces", spec=True, parse=parse.otel_pairs,
     help="extra resource attributes `k=v,k2=v2`",
 )
+SEMCONV_STABILITY_OPT_IN = Setting(
+    env="OTEL_SEMCONV_STABILITY_OPT_IN", section="traces", spec=True, parse=parse.names,
+    unset="none (the default layout)", help="comma list of semantic-convention categories to emit in their newest "
+    "form; `gen_ai_latest_experimental` adds the OpenTelemetry GenAI layout to the spans (docs/traces.md)",
+)
 EXPORT_ERROR_MESSAGES = Setting(
     env="BEM_EXPORT_ERROR_MESSAGES", key="export_error_messages", section="traces", metavar="BOOL",
     parse=parse.boolean, default="true",
@@ -388,14 +403,15 @@ LOG_FORMAT = Setting(
 ROWS: tuple[Row, ...] = (
     API_KEY, API_KEY_FILE, API_URL, API_VERSION, API_TIMEOUT, WORKFLOWS, MAX_CONCURRENCY, MAX_RPS,
     MAX_RESPONSE_BYTES, RETRY_AFTER_MAX,
-    POLL_INTERVAL, LOOKBACK, ABANDON_AFTER, SHUTDOWN_GRACE,
+    POLL_INTERVAL, LOOKBACK, ABANDON_AFTER, QUALITY_INTERVAL, SHUTDOWN_GRACE,
     STATE_PATH, STATE_URL, STATE_PASSWORD_FILE, PGPASSWORD, LEADER_LEASE,
     CANARY_WORKFLOW, CANARY_FILE, CANARY_INTERVAL, CANARY_TIMEOUT,
     LISTEN, CALL_BUCKETS, FUNCTION_BUCKETS, METRICS_WORKFLOWS, METRICS_FUNCTIONS, METRICS_MAX_LABEL_VALUES,
     MAX_SERIES_PER_METRIC, MAX_SCRAPE_SAMPLES, METRICS_BASIC_AUTH_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TRACE_URL,
     WEBHOOK_LISTEN, WEBHOOK_SECRET, WEBHOOK_SECRET_FILE, WEBHOOK_ALLOW_UNSIGNED, WEBHOOK_TOLERANCE,
     TRACES_EXPORTER, OTLP_TRACES_ENDPOINT, OTLP_ENDPOINT, OTLP_PROTOCOL, OTLP_HEADERS, OTLP_TIMEOUT, OTLP_INSECURE,
-    SERVICE_NAME, RESOURCE_ATTRIBUTES, EXPORT_ERROR_MESSAGES, SPAN_BACKLOG, OTLP_MAX_REQUEST_BYTES,
+    SERVICE_NAME, RESOURCE_ATTRIBUTES, SEMCONV_STABILITY_OPT_IN, EXPORT_ERROR_MESSAGES, SPAN_BACKLOG,
+    OTLP_MAX_REQUEST_BYTES,
     LOG_LEVEL, LOG_FORMAT,
 )
 BY_KEY: dict[str, Row] = {row.key: row for row in ROWS if row.key}

@@ -40,8 +40,9 @@ __all__ = [
 
 class Metrics:
     """Everything Prometheus sees: the call metrics (`calls_registry`, rendered once per
-    publish) followed by the self-metrics (`live_registry`, rendered per scrape); `registry`
-    holds both, in that order."""
+    publish), the gauges that change seldom (`rare_registry`, rendered once per
+    `rare_changed()`: bem's function quality, read every few minutes), then the self-metrics
+    (`live_registry`, rendered per scrape); `registry` holds all three, in that order."""
 
     def __init__(
         self,
@@ -70,14 +71,23 @@ class Metrics:
         # would mean collecting everything once more at registration.
         self.calls_registry = CollectorRegistry(auto_describe=False)
         self.calls_registry.register(self.recorder)
+        self.rare_registry = CollectorRegistry(auto_describe=False)
+        self._rare_version = 0
+        self._rare = CachedExposition(self.rare_registry, lambda: self._rare_version)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.calls_registry)
+        self.registry.register(self.rare_registry)
         self.registry.register(self.live_registry)
         renderer = StoreRenderer(self.recorder.store, exemplar_labels).render if render_from_store else None
         self._calls = CachedExposition(self.calls_registry, lambda: self.recorder.version, renderer)
         self.recorder.on_change = self._calls.changed
-        self._shared: dict[tuple[str, bool], tuple[float, int, bytes]] = {}
-        """(Accept, gzipped) -> (monotonic time, render version, body) of the last body served."""
+        self._shared: dict[tuple[str, bool], tuple[float, tuple[int, int], bytes]] = {}
+        """(Accept, gzipped) -> (monotonic time, render versions, body) of the last body served."""
+
+    def rare_changed(self) -> None:
+        """A collector of `rare_registry` changed: render it again (off the caller's thread)."""
+        self._rare_version += 1
+        self._rare.changed()
 
     def exposition(self, accept: str | None, gzipped: bool = False) -> tuple[bytes, str]:
         """The body and Content-Type of a scrape: OpenMetrics (with exemplars) when `accept`
@@ -87,7 +97,8 @@ class Metrics:
         from a worker thread when `exposition_if_rendered()` returns None."""
         accept = accept or ""
         _, content_type = choose_encoder(accept)
-        return self._calls.body(accept, gzipped, render_live(self.live_registry, accept)), content_type
+        live = self._rare.body(accept, False, render_live(self.live_registry, accept))
+        return self._calls.body(accept, gzipped, live), content_type
 
     def exposition_if_rendered(self, accept: str | None, gzipped: bool = False) -> tuple[bytes, str] | None:
         """A scrape body without waiting (a few ms: fine on the event loop): the self-metrics
@@ -99,10 +110,11 @@ class Metrics:
         key = (accept, gzipped)
         now = time.monotonic()
         shared = self._shared.get(key)
-        if shared is not None and now - shared[0] < SHARE_SECONDS and shared[1] == self._calls.render_version:
+        version = (self._calls.render_version, self._rare.render_version)
+        if shared is not None and now - shared[0] < SHARE_SECONDS and shared[1] == version:
             return shared[2], content_type
-        version = self._calls.render_version
-        body = self._calls.rendered(accept, gzipped, render_live(self.live_registry, accept))
+        live = self._rare.rendered(accept, False, render_live(self.live_registry, accept))
+        body = None if live is None else self._calls.rendered(accept, gzipped, live)
         if body is None:
             return None
         if key in self._shared or len(self._shared) < MAX_VARIANTS:

@@ -32,6 +32,7 @@ from exporter.ids import (
 )
 from exporter.metrics.labels import LabelPolicy
 from exporter.pipeline import CycleReport
+from exporter.quality.records import QUALITY_RESULTS, QualityResult
 
 # `_created` series would double the counters' samples for nothing a dashboard reads.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -92,6 +93,7 @@ class SelfMetrics:
         self._register_spans()
         self._register_records()
         self._register_operations()
+        self._register_quality()
         labels.report_overflows_to(self.label_overflow)
 
     # --- registration ------------------------------------------------------------------------------
@@ -120,7 +122,7 @@ class SelfMetrics:
             "Finished calls whose spans wait to be exported, as of the last poll.",
             registry=None,
         )
-        self._shown: set[Gauge] = set()
+        self._shown: set[Gauge | Counter] = set()
         self._poll = Histogram(
             "bem_exporter_poll_duration_seconds",
             "Duration of the exporter's poll cycles (listing, refresh, trace fetches, commit).",
@@ -316,6 +318,30 @@ class SelfMetrics:
     def webhook_counted(self, calls: int) -> None:
         self._webhook_counted.inc(calls)
 
+    def _register_quality(self) -> None:
+        """Registered by `expect_quality`, when quality reads are on."""
+        self._quality_reads = Counter(
+            "bem_exporter_quality_reads_total",
+            "Reads of bem's function quality metrics by result: success, unavailable (bem's 404: the account "
+            "has none) or the API client's error kind; a failed read keeps the last values.",
+            ["result"],
+            registry=None,
+        )
+        self._quality_success = Gauge(
+            "bem_exporter_quality_last_success_timestamp_seconds",
+            "Unix time of the last successful read of bem's function quality metrics (absent until the first).",
+            registry=None,
+        )
+
+    def expect_quality(self, records: Sequence[str]) -> None:
+        """Quality reads are on: show their counters, at 0 for every result and for the
+        `records` kinds of rejected items they may report."""
+        self._show_once(self._quality_reads)
+        for result in QUALITY_RESULTS:
+            self._quality_reads.labels(result)
+        for record in records:
+            self._rejected.labels(record)
+
     def expect_endpoints(self, endpoints: Sequence[str]) -> None:
         """Start the request counters of these endpoints at 0 for the codes alerts and panels
         watch, so `rate()` sees the very first 429 or 5xx rather than a series born at 1."""
@@ -367,8 +393,8 @@ class SelfMetrics:
         if report.ok:
             self._show_once(self._last_success)
 
-    def _show_once(self, *gauges: Gauge) -> None:
-        """Register gauges that stay absent until they hold a value (the first poll)."""
+    def _show_once(self, *gauges: Gauge | Counter) -> None:
+        """Register metrics that stay absent until they hold a value (the first poll)."""
         with self._in_progress_lock:
             for gauge in gauges:
                 if gauge not in self._shown:
@@ -442,3 +468,10 @@ class SelfMetrics:
 
     def fenced_commit(self) -> None:
         self._fenced_commits.inc()
+
+    def quality_read(self, result: QualityResult, at: float) -> None:
+        """A read of bem's function quality metrics ended with `result`, at epoch `at`."""
+        self._quality_reads.labels(result).inc()
+        if result == "success":
+            self._quality_success.set(at)
+            self._show_once(self._quality_success)

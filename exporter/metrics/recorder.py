@@ -114,9 +114,10 @@ def specs(
         HistogramSpec(
             CONFIDENCE,
             "avgConfidence of the events of finished bem calls that carry one (extract, transform, "
-            "join), as of the last poll.",
+            "join), as of the last poll; exemplars carry trace_id and span_id.",
             ("workflow_name", "function_name"),
             CONFIDENCE_BUCKETS,
+            exemplars=True,  # a low-confidence bucket links to a call that fell into it
         ),
         HistogramSpec(
             EXPORT_LAG,
@@ -336,7 +337,7 @@ class MetricsRecorder:
 
         names, fc_out_of_range = self._function_calls(stage, workflow, call, trace, finished_ts, latest)
         if trace.events:
-            self._events(stage, workflow, trace, names)
+            self._events(stage, workflow, trace, names, (call.call_id, finished_ts))
         return out_of_range or fc_out_of_range
 
     def _call_duration(
@@ -437,7 +438,11 @@ class MetricsRecorder:
             totals.setdefault((*prefix, self._labels.status(status)), 0)
         totals.setdefault(key, 0)
 
-    def _events(self, stage: Stage, workflow: str, trace: Trace, names: dict[str | None, str]) -> None:
+    def _events(
+        self, stage: Stage, workflow: str, trace: Trace, names: dict[str | None, str], call: tuple[str, float]
+    ) -> None:
+        """Count the events; `call` is the call's id and finish time, for the exemplars."""
+        call_id, finished_ts = call
         fold_function, fold_event, fold_kind = self._labels.function, self._labels.event_type, self._labels.error_kind
         event_get = fold_event.cache.get
         events = stage.counter(EVENTS_TOTAL)
@@ -462,4 +467,6 @@ class MetricsRecorder:
                 errors[key] = errors.get(key, 0) + 1
             score = event.avg_confidence
             if score is not None and math.isfinite(score):
-                confidence.observe(stage.fit(CONFIDENCE, (workflow, function)), score)
+                key = stage.fit(CONFIDENCE, (workflow, function))
+                bucket = confidence.observe(key, score)
+                confidence.exemplar(key, bucket, (call_id, event.function_call_id, score, finished_ts))

@@ -4,7 +4,9 @@ the benchmarks' load.
 A seeded workload of workflow calls (DAGs of function calls emitting events) arrives, queues,
 runs and finishes with the clock; the HTTP server answers `GET /v3/calls`, `GET /v3/calls/{id}`,
 `GET /v3/calls/{id}/trace`, `GET /v2/calls`, `GET /v2/calls/{id}`, `POST /v2/calls` and
-`POST /v3/workflows/{name}/call` like bem does, with optional injected faults. Calls whose
+`POST /v3/workflows/{name}/call` like bem does, with optional injected faults; and bem's
+function quality metrics (`GET /v3/functions`, `GET /v3/functions/metrics`: `quality.py`),
+whose accuracy a knob makes drift down (`SimulatorConfig.quality`). Calls whose
 callReferenceID starts `bem-exporter-canary-` can be made to fail, hang or be refused at
 creation (`Faults.canary_*`, or `POST /_simulator/canary` from another process).
 
@@ -21,6 +23,7 @@ reorder, forge or age deliveries (`Webhooks`; `sim.deliveries` logs every attemp
 from .catalog import CONTENT_MARKER, URL_MARKER, WORKFLOWS
 from .config import CANARY_PREFIX, DEMO_WEBHOOK_SECRET, CanaryOutcome, Faults, SimulatorConfig, Webhooks
 from .model import Simulator, UnknownTargetError
+from .quality import QualityKnobs
 from .query import ListQuery, QueryError, parse_list_query
 from .server import SimulatorServer, serve
 
@@ -33,6 +36,7 @@ __all__ = [
     "CanaryOutcome",
     "Faults",
     "ListQuery",
+    "QualityKnobs",
     "QueryError",
     "Simulator",
     "SimulatorConfig",

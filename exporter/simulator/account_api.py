@@ -17,7 +17,6 @@ from aiohttp import web
 
 from .app import error_response
 from .create import BadRequestError, decode_json
-from .functions import list_functions
 from .model import Simulator
 from .query import QueryError, parse_limit
 from .subscriptions import NotFoundError
@@ -52,9 +51,6 @@ def _refusals(handler: Handler) -> Handler:
 class _AccountApi:
     def __init__(self, simulator: Simulator) -> None:
         self._sim = simulator
-
-    async def list_functions(self, request: web.Request) -> web.StreamResponse:
-        return _json(list_functions(request.query.items()))
 
     async def create_subscription(self, request: web.Request) -> web.StreamResponse:
         body = decode_json(await request.read())
@@ -103,7 +99,6 @@ def add_account_routes(app: web.Application, prefix: str, simulator: Simulator) 
     api = _AccountApi(simulator)
     router = app.router
     one = prefix + "/v3/subscriptions/{subscriptionID}"
-    router.add_get(prefix + "/v3/functions", _refusals(api.list_functions), allow_head=False)
     router.add_post(prefix + "/v3/subscriptions", _refusals(api.create_subscription))
     router.add_get(prefix + "/v3/subscriptions", _refusals(api.list_subscriptions), allow_head=False)
     router.add_get(one, _refusals(api.get_subscription), allow_head=False)

@@ -21,7 +21,9 @@ from .create import (
     workflow_call_json,
 )
 from .faults import FaultInjector, format_seconds
+from .functions import list_functions
 from .model import Simulator, UnknownTargetError
+from .quality import MALFORMED_BODY, metrics_body
 from .query import QueryError, parse_list_query
 from .ratelimit import RateLimitKnob, retry_after_header
 
@@ -203,6 +205,37 @@ async def get_trace_v3(request: web.Request) -> web.Response:
     return _json(200, b'{"trace":' + trace + b"}")
 
 
+async def list_functions_route(request: web.Request) -> web.Response:
+    return _quality_answer(request, metrics=False)
+
+
+async def function_metrics(request: web.Request) -> web.Response:
+    return _quality_answer(request, metrics=True)
+
+
+def _quality_answer(request: web.Request, *, metrics: bool) -> web.Response:
+    """`GET /v3/functions` (`functions.py`) or `GET /v3/functions/metrics` (`quality.py`), with
+    the quality knobs' faults."""
+    sim = request.app[SIMULATOR]
+    knobs = sim.config.quality
+    if knobs.status is not None:
+        return error_response(knobs.status, _QUALITY_REFUSALS.get(knobs.status, "request failed"))
+    if knobs.malformed:
+        return _json(200, MALFORMED_BODY)
+    items = request.query.items()
+    try:
+        body = metrics_body(items, knobs, sim.now_ms() / 1000) if metrics else list_functions(items)
+    except QueryError as exc:
+        return _json(400, _encode(exc.body()))
+    return _json(200, _encode(body))
+
+
+_QUALITY_REFUSALS = {
+    **_FAULT_MESSAGES,
+    404: "function metrics are not enabled for this environment",
+}
+
+
 # -- POST -------------------------------------------------------------------------------------
 
 
@@ -351,6 +384,9 @@ def create_app(simulator: Simulator, *, prefix: str = "", injector: FaultInjecto
     app.router.add_get(prefix + "/v3/calls/{callID}", get_call_v3, allow_head=False)
     app.router.add_get(prefix + "/v3/calls/{callID}/trace", get_trace_v3, allow_head=False)
     app.router.add_post(prefix + "/v3/workflows/{workflowName}/call", call_workflow_v3)
+    # The function listing of `functions.py`, with the quality knobs' faults.
+    app.router.add_get(prefix + "/v3/functions", list_functions_route, allow_head=False)
+    app.router.add_get(prefix + "/v3/functions/metrics", function_metrics, allow_head=False)
     app.router.add_get(prefix + "/v2/calls", list_calls_v2, allow_head=False)
     app.router.add_post(prefix + "/v2/calls", create_calls_v2)
     app.router.add_get(prefix + "/v2/calls/{callID}", get_call_v2, allow_head=False)

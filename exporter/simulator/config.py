@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from .quality import QualityKnobs
+
 CanaryOutcome = Literal["normal", "fail", "hang"]
 CANARY_OUTCOMES: frozenset[str] = frozenset(get_args(CanaryOutcome))
 CANARY_PREFIX = "bem-exporter-canary-"
@@ -172,6 +174,8 @@ class SimulatorConfig:
     """Webhook delivery to the account's subscriptions, and its knobs."""
     cache_mb: int = 1024
     """Memory budget (MiB) for the encoded JSON of finished calls; oldest entries are evicted first."""
+    quality: QualityKnobs = field(default_factory=QualityKnobs)
+    """bem's function quality metrics: drift, hidden functions, endpoint faults (`quality.py`)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid setting."""

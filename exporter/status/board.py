@@ -11,12 +11,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
 from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
+from exporter.quality.records import QualityResult
 from exporter.redact import MASK, redact_text
 from exporter.status.webhooks import WebhookBoard, WebhookSummary
 
@@ -116,6 +117,28 @@ class ScrapeSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class QualitySummary:
+    """The reader of bem's function quality metrics (`exporter/quality/`), on the leader."""
+
+    interval: float
+    last_result: QualityResult | None = None
+    last_attempt_at: float | None = None
+    last_success_at: float | None = None
+    """When the values shown were read (a failed read keeps them)."""
+    functions: int = 0
+    """Functions with quality series now."""
+    rejected: int = 0
+    """Unreadable items skipped by the last successful read."""
+    pages: int = 0
+    last_error: str | None = None
+    """Why the last failed read failed (redacted); kept after a success, like the API's."""
+    last_error_at: float | None = None
+
+    def but(self, **changes: object) -> QualitySummary:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """One consistent view of the board, what both renderers take."""
 
@@ -137,6 +160,8 @@ class StatusSnapshot:
     scrape: ScrapeSummary | None = None
     webhooks: WebhookSummary | None = None
     """None: no webhook listener."""
+    quality: QualitySummary | None = None
+    """None when quality reads are off (`BEM_QUALITY_INTERVAL=0`) or not started."""
 
     def trace_link(self, trace_id: str) -> str | None:
         return self.trace_url.replace(TRACE_ID_PLACEHOLDER, trace_id) if self.trace_url else None
@@ -181,6 +206,7 @@ class StatusBoard:
         self._settings: tuple[SettingRow, ...] = ()
         self.webhooks: WebhookBoard | None = None
         """The webhook section, when the listener is on (set by the wiring)."""
+        self._quality: QualitySummary | None = None
 
     def set_role(self, role: Role) -> None:
         with self._lock:
@@ -248,6 +274,13 @@ class StatusBoard:
         with self._lock:
             self._scrape = scrape
 
+    def set_quality(self, quality: QualitySummary | None) -> None:
+        """The quality reader's state; its error text is redacted here like the API's."""
+        if quality is not None and quality.last_error is not None:
+            quality = quality.but(last_error=redact_text(quality.last_error, limit=ERROR_LENGTH))
+        with self._lock:
+            self._quality = quality
+
     def snapshot(self) -> StatusSnapshot:
         with self._lock:
             return StatusSnapshot(
@@ -266,6 +299,7 @@ class StatusBoard:
                 trace_url=self._trace_url,
                 scrape=self._scrape,
                 webhooks=self.webhooks.summary() if self.webhooks is not None else None,
+                quality=self._quality,
             )
 
 

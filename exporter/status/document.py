@@ -13,6 +13,7 @@ from exporter.status.board import (
     CallLine,
     CanarySummary,
     CycleFigures,
+    QualitySummary,
     ScrapeSummary,
     SettingRow,
     StatusSnapshot,
@@ -43,6 +44,7 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, Any]:
         "scrape": _scrape(snapshot.scrape) if snapshot.scrape else None,
         "settings": [_setting(row) for row in snapshot.settings],
         "webhooks": _webhooks(snapshot.webhooks) if snapshot.webhooks else None,
+        "quality": _quality(snapshot.quality) if snapshot.quality else None,
     }
 
 
@@ -120,6 +122,20 @@ def _scrape(scrape: ScrapeSummary) -> dict[str, Any]:
             {"metric": family.metric, "folded_series": family.folded_series, "series_cap": family.series_cap}
             for family in scrape.folded
         ],
+    }
+
+
+def _quality(quality: QualitySummary) -> dict[str, Any]:
+    return {
+        "interval_seconds": quality.interval,
+        "last_result": quality.last_result,
+        "last_attempt_at": iso(quality.last_attempt_at),
+        "last_success_at": iso(quality.last_success_at),
+        "functions": quality.functions,
+        "rejected": quality.rejected,
+        "pages": quality.pages,
+        "last_error": quality.last_error,
+        "last_error_at": iso(quality.last_error_at),
     }
 
 

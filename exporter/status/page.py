@@ -16,6 +16,7 @@ from exporter.status.board import (
     CallLine,
     CanarySummary,
     CycleFigures,
+    QualitySummary,
     ScrapeSummary,
     SettingRow,
     StatusSnapshot,
@@ -60,6 +61,7 @@ def render_html(snapshot: StatusSnapshot) -> str:
             _api_section(snapshot.api),
             _canary_section(snapshot.canary),
             _webhooks_section(snapshot.webhooks),
+            _quality_section(snapshot.quality),
             _backfill_section(snapshot.backfill),
             _calls_section(snapshot),
             _cycles_section(snapshot.cycles),
@@ -141,6 +143,27 @@ def _webhooks_section(summary: WebhookSummary | None) -> str:
         ("calls counted sooner", _e(summary.counted)),
     )
     return f'<section id="webhooks"><h2>Webhooks</h2>{_pairs(rows)}</section>'
+
+
+def _quality_section(quality: QualitySummary | None) -> str:
+    if quality is None:
+        return ""
+    failed = quality.last_result not in (None, "success")
+    result = f'<span class="{"down" if failed else "up"}">{_e(quality.last_result or "none yet")}</span>'
+    rows = (
+        ("last read", f"{result} {_time(quality.last_attempt_at)}"),
+        ("values as of", _time(quality.last_success_at)),
+        ("functions shown", _e(quality.functions)),
+        ("unreadable items skipped", _e(quality.rejected)),
+        ("every", _seconds(quality.interval)),
+    )
+    parts = [f"<h2>Function quality</h2>{_pairs(rows)}"]
+    if quality.last_error:
+        parts.append(
+            f'<p class="label">last error, {_time(quality.last_error_at)}</p>'
+            f'<div class="error" id="quality-error">{_e(quality.last_error)}</div>'
+        )
+    return f'<section id="quality">{"".join(parts)}</section>'
 
 
 def _backfill_section(progress: BackfillProgress | None) -> str:

@@ -63,6 +63,7 @@ def build_span_exporter(
         resource=make_resource(settings.service_name, settings.resource_attributes),
         error_messages=settings.error_messages,
         error_message_length=settings.error_message_length,
+        genai_conventions=settings.genai_conventions,
     )
     if settings.exporter == "console":
         return ConsoleSpanExporter(builder, observer)

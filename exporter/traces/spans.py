@@ -46,13 +46,14 @@ from exporter.ids import (
 )
 from exporter.pipeline import FinishedCall, Observer
 from exporter.redact import MAX_NAME_LENGTH, redact_text
+from exporter.traces import genai
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.util import BoundedList
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import SpanContext
+    from opentelemetry.trace import SpanContext, SpanKind
     from opentelemetry.trace.status import Status
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,9 @@ class SpanBuilder:
         error_messages: bool = True,
         error_message_length: int = 256,
         observer: Observer | None = None,
+        genai_conventions: bool = False,
     ) -> None:
+        """`genai_conventions`: the GenAI layout as well (`exporter.traces.genai`)."""
         # Deferred so that importing this module (for trace_id_for) stays cheap.
         from opentelemetry.sdk.trace import Event as SpanEvent
         from opentelemetry.sdk.trace import ReadableSpan
@@ -210,6 +213,7 @@ class SpanBuilder:
         self._messages = error_messages
         self._message_length = max(0, error_message_length)
         self._observer = observer
+        self._genai = genai_conventions
 
     @property
     def resource(self) -> Resource:
@@ -295,14 +299,15 @@ class SpanBuilder:
         if is_synthetic(call):
             attributes["bem.synthetic"] = True
         span_events = self._span_events(events.orphans, events.ns, start, notes) if events.orphans else ()
+        name, kind = self._genai_call(call, attributes) if self._genai else (call_span_name(call), self._server)
         return self._span(
-            call_span_name(call),
+            name,
             context=span_context,
             parent=None,
             resource=self._resource,
             attributes=attributes,
             events=span_events,
-            kind=self._server,
+            kind=kind,
             status=status,
             start_time=start,
             end_time=end,
@@ -341,6 +346,8 @@ class SpanBuilder:
             attributes["error.type"], status = self._error(summary.first_error_kind or "failed")
         if synthetic:
             attributes["bem.synthetic"] = True
+        if self._genai:
+            attributes.update(genai.function_call_attributes(attributes["bem.function.type"]))
         return self._span(
             bounded(fc.function_name or fc.function_type or "function_call"),
             context=span_context,
@@ -354,6 +361,16 @@ class SpanBuilder:
             end_time=end,
             instrumentation_scope=self._scope,
         )
+
+    def _genai_call(self, call: Call, attributes: dict[str, Any]) -> tuple[str, SpanKind]:
+        """The GenAI name and kind of a call's span, its GenAI attributes added to `attributes`:
+        a workflow call is an `invoke_workflow` span; a function call keeps its default layout."""
+        workflow = genai.invoked_workflow(call)
+        shown = bounded(workflow) if workflow is not None else None
+        attributes.update(genai.call_attributes(shown))
+        if shown is None:
+            return call_span_name(call), self._server
+        return bounded(genai.call_span_name(shown)), self._internal
 
     def _start(self, fc: FunctionCall, events: _EventIndex, summary: _Summary, call_start: int, notes: _Notes) -> int:
         if fc.started_at is not None:

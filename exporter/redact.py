@@ -9,6 +9,7 @@ secrets masked, and its length bounded.
 from __future__ import annotations
 
 import re
+import traceback
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -51,3 +52,15 @@ def safe_name(value: str) -> str:
     attribute: free text like any message (URLs cut down), and bounded. Every such string
     passes here before it is stored or exported."""
     return redact_text(value, limit=MAX_NAME_LENGTH)
+
+
+def error_text(error: BaseException, secrets: Iterable[str] = (), limit: int = 300) -> str:
+    """An unexpected exception as `Type: message`, redacted like any free text: what a bug
+    report needs, and nothing a log must not hold."""
+    return redact_text(f"{type(error).__name__}: {error}", secrets, limit)
+
+
+def error_stack(error: BaseException) -> str:
+    """Where an unexpected exception was raised: its traceback's frames without its message,
+    which may quote data that must not leak (`error_text` gives the message, redacted)."""
+    return "".join(traceback.format_tb(error.__traceback__))

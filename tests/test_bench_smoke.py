@@ -71,11 +71,3 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     }
     assert result["machine"]["python"] and result["table"]
 
-
-def test_exchange_bench_measures_both_paths() -> None:
-    command = [sys.executable, str(ROOT / "bench" / "exchange.py"), "--requests", "50", "--rounds", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-    result = json.loads(done.stdout)
-    assert result["requests"] == 50
-    assert len(result["async_client_us"]) == len(result["exchange_us"]) == 1
-    assert result["async_client_us"][0] > 0 and result["exchange_us"][0] > 0

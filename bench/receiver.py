@@ -24,6 +24,7 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -102,7 +103,7 @@ def handler(tally: Tally) -> type[BaseHTTPRequestHandler]:
                 body = zlib.decompress(body)
             try:
                 tally.add(body, received)
-            except Exception:
+            except DecodeError:  # not an OTLP request: refused, as a collector refuses it
                 self._reply(400, b"", "text/plain")
                 return
             self._reply(200, _EMPTY, "application/x-protobuf")

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import baseline  # bench/baseline.py
+import footprint  # bench/footprint.py
 import httpx
 import ratebench  # bench/ratebench.py
 import scrape  # bench/scrape.py: this directory is on sys.path when run as a script
@@ -54,6 +56,13 @@ SCRAPE_P99_GOAL_MS = 50.0
 """Reported next to the scrape figures, not a verdict: the load other processes put on a
 shared machine moves it more than the exporter does."""
 
+HTTP_CLIENTS = ("old layer", "httpx", "httpx-aiohttp")
+"""What the transport comparison runs: the home-made layer as it was (a git revision's tree),
+httpx's own transport (what the exporter ships), and httpx-aiohttp (aiohttp's pool under httpx)."""
+SHIPPED_CLIENT = "httpx"
+ONCE_RSS_GOAL_MB = 70.0
+CALLS_PER_CORE_GOAL = 300.0
+
 TARGETS = {
     "cpu_ratio": 1.2,
     "requests_per_call": 1.05,
@@ -69,9 +78,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def env() -> dict[str, str]:
+def env(root: Path = ROOT) -> dict[str, str]:
+    """The environment of a child process running the exporter of the tree at `root`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("BEM_", "OTEL_"))}
-    base["PYTHONPATH"] = str(ROOT) + os.pathsep + base.get("PYTHONPATH", "")
+    base["PYTHONPATH"] = str(root) + os.pathsep + base.get("PYTHONPATH", "")
     return base
 
 
@@ -133,22 +143,28 @@ class Receiver:
     def stats(self) -> dict[str, Any]:
         return dict(httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=60).json())
 
+    def reset(self) -> None:
+        httpx.post(f"http://127.0.0.1:{self.port}/reset", timeout=60).raise_for_status()
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=20)
 
 
-def worker(mode: str, config: dict[str, Any], workdir: Path, py_spy: str | None = None) -> dict[str, Any]:
+def worker(
+    mode: str, config: dict[str, Any], workdir: Path, py_spy: str | None = None, root: Path = ROOT
+) -> dict[str, Any]:
+    """`bench/worker.py` of the tree at `root` (this one, or a baseline's), with its exporter."""
     path = workdir / f"{mode}-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(config))
-    command = [sys.executable, str(BENCH / "worker.py"), mode, str(path)]
+    command = [sys.executable, str(root / "bench" / "worker.py"), mode, str(path)]
     if py_spy:
         # Every thread, native frames left out; collapsed stacks (flamegraph.pl / speedscope input).
         command = ["py-spy", "record", "--format", "raw", "--gil", "--rate", "250", "--output", py_spy, "--", *command]
     done = subprocess.run(
         command,
-        env=env(),
-        cwd=ROOT,
+        env=env(root),
+        cwd=root,
         capture_output=True,
         text=True,
         check=False,
@@ -180,6 +196,7 @@ def finished_workload(
     profile: str | None = None,
     py_spy: str | None = None,
     state_url: str | None = None,
+    http_client: str = SHIPPED_CLIENT,
 ) -> dict[str, Any]:
     """Backfill `calls` finished calls (about) from a fresh state (a SQLite file, or the
     PostgreSQL database at `state_url`), against a receiver."""
@@ -200,6 +217,7 @@ def finished_workload(
             "max_concurrency": MAX_CONCURRENCY,
             "floor": floor and not py_spy,  # the profile is of the exporter alone
             "profile": profile,
+            "http_client": http_client,
         }
         result = worker("throughput", config, workdir, py_spy)
         stats = receiver.stats()
@@ -227,7 +245,9 @@ def state_cpu(calls: int, seed: int, workdir: Path) -> dict[str, Any]:
     return out
 
 
-def live_run(duration: float, rate: float, poll_interval: float, seed: int, workdir: Path) -> dict[str, Any]:
+def live_run(
+    duration: float, rate: float, poll_interval: float, seed: int, workdir: Path, http_client: str = SHIPPED_CLIENT
+) -> dict[str, Any]:
     """`run` against a simulator with arrivals: finished -> counted and -> span received."""
     simulator = Simulator(prefill=0, rate=rate, latency=0.0, speed=6.0, history="1m", seed=seed)
     receiver = Receiver()
@@ -242,6 +262,7 @@ def live_run(duration: float, rate: float, poll_interval: float, seed: int, work
             "max_rps": MAX_RPS,
             "max_concurrency": MAX_CONCURRENCY,
             "duration": duration,
+            "http_client": http_client,
         }
         result = worker("live", config, workdir)
         stats = receiver.stats()
@@ -266,6 +287,71 @@ def live_run(duration: float, rate: float, poll_interval: float, seed: int, work
         "span_p99_s": percentile(exported, 0.99),
         "span_max_s": max(exported) if exported else None,
     }
+
+
+def transport_comparison(calls: int, rounds: int, revision: str, seed: int, workdir: Path) -> dict[str, Any]:
+    """The same backfill of `calls` finished calls (from a fresh state each time, one simulator
+    and receiver for all) with each of HTTP_CLIENTS, alternated round by round so that each
+    meets the same load: CPU per function call, calls per CPU-second and peak RSS."""
+    prefill = int(calls / WORKFLOW_SHARE) + 1
+    simulator = Simulator(prefill=prefill, rate=0, latency=0.0, speed=SPEED, history="2h", seed=seed)
+    receiver = Receiver()
+    runs: dict[str, list[dict[str, Any]]] = {client: [] for client in HTTP_CLIENTS}
+    try:
+        simulator.wait_finished()
+        available = simulator.total()
+        with baseline.checkout(revision) as old_tree:
+            for _ in range(rounds):
+                for client in HTTP_CLIENTS:
+                    receiver.reset()
+                    config = {
+                        "api_url": simulator.url, "workflows": WORKFLOWS, "lookback": "3h",
+                        "state_path": str(workdir / f"state-{time.monotonic_ns()}.sqlite"),
+                        "otlp_endpoint": receiver.endpoint, "max_rps": MAX_RPS, "max_concurrency": MAX_CONCURRENCY,
+                        "http_client": client,
+                    }  # fmt: skip
+                    run = worker("throughput", config, workdir, root=old_tree if client == "old layer" else ROOT)
+                    run["available_calls"] = available
+                    run["received"] = {k: v for k, v in receiver.stats().items() if k != "lags"}
+                    runs[client].append(throughput_figures(run))
+    finally:
+        receiver.stop()
+        simulator.stop()
+    clients = {client: summary(figures) for client, figures in runs.items()}
+    return {"calls": calls, "rounds": rounds, "old_layer": revision, "clients": clients}
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of one client's runs, and every run's figures."""
+    keys = ("cpu_us_per_function_call", "cpu_us_per_call", "calls_per_cpu_s", "peak_rss_mb")
+    out: dict[str, Any] = {key: percentile([run[key] for run in runs], 0.5) for key in keys}
+    out["runs"] = {key: [round(run[key], 1) for run in runs] for key in keys}
+    out["complete"] = all(run["complete"] for run in runs)
+    out["function_calls"] = runs[0]["function_calls"]
+    return out
+
+
+def once_footprint(calls: int, revision: str, seed: int, workdir: Path) -> dict[str, Any]:
+    """Peak RSS of `bem-exporter once` backfilling `calls` finished calls of every workflow and
+    exporting their spans over OTLP/HTTP, now and at `revision`, measured from outside."""
+    simulator = Simulator(prefill=calls, rate=0, latency=0.0, speed=SPEED, history="2h", seed=seed)
+    receiver = Receiver()
+    out: dict[str, Any] = {"calls": calls, "old_layer": revision}
+    try:
+        simulator.wait_finished()
+        with baseline.checkout(revision) as old_tree:
+            for name, tree in (("before", old_tree), ("now", ROOT)):
+                receiver.reset()
+                state_path = workdir / f"state-once-{time.monotonic_ns()}.sqlite"
+                run = footprint.once(tree, simulator.url, receiver.endpoint, state_path)
+                stats = receiver.stats()
+                run["call_spans"] = stats["call_spans"]
+                run["function_calls"] = stats["spans"] - stats["call_spans"]
+                out[name] = run
+    finally:
+        receiver.stop()
+        simulator.stop()
+    return out
 
 
 # -- figures -----------------------------------------------------------------------------------------
@@ -356,6 +442,10 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool | None]:
         out["freshness_p99_le_interval_plus_1s"] = max(live["span_p99_s"], live["counter_p99_s"]) <= limit
     else:
         out["freshness_p99_le_interval_plus_1s"] = None
+    transports, once = result.get("transports"), result.get("once")
+    shipped = transports["clients"][SHIPPED_CLIENT] if transports else None
+    out["calls_per_core_gt_300"] = shipped["calls_per_cpu_s"] > CALLS_PER_CORE_GOAL if shipped else None
+    out["once_peak_rss_le_70mib"] = once["now"]["peak_rss_mb"] <= ONCE_RSS_GOAL_MB if once else None
     return out
 
 
@@ -384,6 +474,37 @@ def scrape_rows(scraped: dict[str, Any] | None, who: str = "") -> list[tuple[str
          f"text body {scraped['text_mb']:.1f} MB")
     )  # fmt: skip
     return rows
+
+
+def transport_rows(figures: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not figures:
+        return []
+    rows = []
+    for client, got in figures["clients"].items():
+        runs = got["runs"]
+        goal = f"; goal > {CALLS_PER_CORE_GOAL:g}" if client == SHIPPED_CLIENT else ""
+        rows += [
+            (f"CPU per function call, {client}", f"{fmt(got['cpu_us_per_function_call'])} µs",
+             f"median of {figures['rounds']} alternated runs: {runs['cpu_us_per_function_call']}"
+             + (f" (tree of {figures['old_layer']})" if client == "old layer" else "")),
+            (f"  calls/s per core, {client}", fmt(got["calls_per_cpu_s"], 0),
+             f"runs {runs['calls_per_cpu_s']}{goal}"),
+            (f"  peak RSS, {client}", f"{fmt(got['peak_rss_mb'])} MiB",
+             f"{figures['calls']:,} calls; runs {runs['peak_rss_mb']}"),
+        ]  # fmt: skip
+    return rows
+
+
+def once_rows(figures: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not figures:
+        return []
+    return [
+        (f"once peak RSS ({name}), from outside", f"{fmt(run['peak_rss_mb'])} MiB",
+         f"{run['call_spans']:,} calls, {run['function_calls']:,} function calls over OTLP/HTTP; "
+         f"CPU {fmt(run['cpu_s'], 2)} s" + (f"; goal <= {ONCE_RSS_GOAL_MB:g} MiB" if name == "now" else
+                                            f" (tree of {figures['old_layer']})"))
+        for name, run in (("before", figures["before"]), ("now", figures["now"]))
+    ]  # fmt: skip
 
 
 def state_rows(figures: dict[str, Any] | None) -> list[tuple[str, str, str]]:
@@ -476,6 +597,8 @@ def table(result: dict[str, Any]) -> str:
     rows += scrape_rows(result.get("scrape"))
     rows += scrape_rows(result.get("scrape_reference"), " [prometheus_client render]")
     rows += state_rows(result.get("state"))
+    rows += transport_rows(result.get("transports"))
+    rows += once_rows(result.get("once"))
     rows += rate_rows(result.get("adaptive_rate"))
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
@@ -524,6 +647,24 @@ def main(argv: list[str] | None = None) -> int:
         help="also backfill 5,000 calls against this simulator limit (req/s; repeatable), with and without "
         "Retry-After: long (5 req/s takes about 17 min per mode)",
     )
+    parser.add_argument(
+        "--transport-calls",
+        type=int,
+        help="HTTP clients compared: calls of each backfill (3000; --quick 1000; 0 skips)",
+    )
+    parser.add_argument("--transport-rounds", type=int, default=3, help="alternated rounds of the comparison (3)")
+    parser.add_argument(
+        "--once-calls", type=int, help="peak RSS of `once`: finished calls it backfills (3000; --quick 1000; 0 skips)"
+    )
+    parser.add_argument(
+        "--old-layer", metavar="REV", help="git revision of the home-made HTTP layer (default: the one before it went)"
+    )
+    parser.add_argument(
+        "--http-client",
+        choices=HTTP_CLIENTS[1:],
+        default=SHIPPED_CLIENT,
+        help=f"HTTP client of the exporter in every run but the comparison ({SHIPPED_CLIENT})",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, about 2 minutes")
     parser.add_argument("--name", help="results file name (default: full, quick)")
@@ -544,6 +685,9 @@ def main(argv: list[str] | None = None) -> int:
     scrape_seconds = args.scrape_seconds if args.scrape_seconds is not None else (6.0 if quick else 30.0)
     state_commits = args.state_commits if args.state_commits is not None else (100 if quick else 400)
     state_calls = args.state_calls if args.state_calls is not None else (1000 if quick else 3000)
+    transport_calls = args.transport_calls if args.transport_calls is not None else (1000 if quick else 3000)
+    once_calls = args.once_calls if args.once_calls is not None else (1000 if quick else 3000)
+    old_layer = args.old_layer or (baseline.old_layer_revision() if transport_calls or once_calls else None)
 
     result: dict[str, Any] = {
         "name": name,
@@ -553,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
             "calls": calls, "large": large, "backfill_calls": backfill_calls, "latency_s": args.latency,
             "live_s": live_seconds, "rate": args.rate, "poll_interval_s": args.poll_interval, "seed": args.seed,
             "workflows": WORKFLOWS, "max_rps": MAX_RPS, "max_concurrency": MAX_CONCURRENCY, "speed": SPEED,
+            "http_client": args.http_client,
         },
         "targets_set": TARGETS,
     }  # fmt: skip
@@ -560,14 +705,17 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         print(f"[bench] CPU run: {calls:,} finished calls, then the floor on the same payloads", file=sys.stderr)
         main_run = finished_workload(
-            calls, latency=0.0, seed=args.seed, workdir=workdir, floor=True, profile=args.profile, py_spy=args.py_spy
-        )
+            calls, latency=0.0, seed=args.seed, workdir=workdir, floor=True, profile=args.profile, py_spy=args.py_spy,
+            http_client=args.http_client,
+        )  # fmt: skip
         result["throughput"] = throughput_figures(main_run)
         result["raw"] = {"throughput": main_run}
         small = result["throughput"]
         if large:
             print(f"[bench] memory run: {large:,} finished calls", file=sys.stderr)
-            large_run = finished_workload(large, latency=0.0, seed=args.seed + 1, workdir=workdir)
+            large_run = finished_workload(
+                large, latency=0.0, seed=args.seed + 1, workdir=workdir, http_client=args.http_client
+            )
             result["memory_large"] = throughput_figures(large_run)
             result["raw"]["memory_large"] = large_run
             big = result["memory_large"]
@@ -589,7 +737,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[bench] backfill: {backfill_calls:,} calls at {args.latency * 1000:.0f} ms latency", file=sys.stderr
             )
-            run = finished_workload(backfill_calls, latency=args.latency, seed=args.seed + 2, workdir=workdir)
+            run = finished_workload(
+                backfill_calls, latency=args.latency, seed=args.seed + 2, workdir=workdir, http_client=args.http_client
+            )
             figures = throughput_figures(run)
             requests = figures["api_requests_total"]
             ceiling = MAX_CONCURRENCY / args.latency if args.latency else None
@@ -608,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
             result["raw"]["backfill"] = run
         if live_seconds:
             print(f"[bench] live run: {live_seconds:g} s at {args.rate:g} calls/s", file=sys.stderr)
-            result["freshness"] = live_run(live_seconds, args.rate, args.poll_interval, args.seed + 3, workdir)
+            result["freshness"] = live_run(
+                live_seconds, args.rate, args.poll_interval, args.seed + 3, workdir, args.http_client
+            )
         if scrape_series:
             print(f"[bench] scrapes: {scrape_series:,} series, {args.scrapers} concurrent scrapers", file=sys.stderr)
             result["scrape"] = scrape.run(scrape_series, args.scrapers, scrape_seconds, touch=args.scrape_touch)
@@ -622,6 +774,18 @@ def main(argv: list[str] | None = None) -> int:
             result["state"] = state.run(state_commits)
             print(f"[bench] state engines: CPU per function call, {state_calls:,} calls on each", file=sys.stderr)
             result["state"]["cpu"] = state_cpu(state_calls, args.seed + 4, workdir)
+        if transport_calls:
+            print(
+                f"[bench] HTTP clients: {transport_calls:,} calls, {', '.join(HTTP_CLIENTS)} "
+                f"(old layer: {old_layer}), {args.transport_rounds} rounds",
+                file=sys.stderr,
+            )
+            result["transports"] = transport_comparison(
+                transport_calls, args.transport_rounds, old_layer, args.seed + 5, workdir
+            )
+        if once_calls:
+            print(f"[bench] once: peak RSS backfilling {once_calls:,} calls, before and now", file=sys.stderr)
+            result["once"] = once_footprint(once_calls, old_layer, args.seed + 6, workdir)
         if args.adaptive_rate:
             result["adaptive_rate"] = ratebench.run(args.adaptive_rate, [True, False], 5000, 1.0, args.seed)
     result["targets"] = verdicts(result)

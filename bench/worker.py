@@ -169,7 +169,22 @@ async def run_backfill(settings: Settings) -> dict[str, Any]:
     }
 
 
+def use_http_client(name: str) -> None:
+    """The HTTP client under the exporter's API client, for the transport comparison:
+    `httpx` (httpx's own transport, what the exporter ships) or `httpx-aiohttp` (aiohttp's
+    connection pool under httpx's API). The API client is the only `httpx.AsyncClient` the
+    exporter makes, so replacing the class swaps its transport and nothing else."""
+    if name == "httpx-aiohttp":
+        import httpx
+        from httpx_aiohttp import HttpxAiohttpClient
+
+        httpx.AsyncClient = HttpxAiohttpClient  # type: ignore[misc]
+    elif name != "httpx":
+        raise SystemExit(f"unknown http_client {name!r}")
+
+
 def throughput(config: dict[str, Any]) -> dict[str, Any]:
+    use_http_client(config.get("http_client", "httpx"))
     settings = settings_for(config)
     if config.get("profile"):
         from pyinstrument import Profiler
@@ -221,6 +236,7 @@ def instrument_recorder(lags: list[tuple[float, float]]) -> None:
 
 
 def live(config: dict[str, Any]) -> dict[str, Any]:
+    use_http_client(config.get("http_client", "httpx"))
     settings = settings_for(config)
     lags: list[tuple[float, float]] = []
     instrument_recorder(lags)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from exporter.bem.models import Call, Trace
 
@@ -66,11 +66,17 @@ class Refetched:
     """Calls the API answered for without them (or no longer finished): nothing to deliver."""
 
 
+class SourceUnavailableError(Exception):
+    """The whole re-read failed the way an API can fail (unreachable, refusing, malformed):
+    the poll loop reports the API's health; delivery only tries again later."""
+
+
 class TraceSource(Protocol):
     """Where delivery reads again calls whose spans it must send but no longer holds."""
 
     async def refetch(self, call_ids: Sequence[str]) -> Refetched:
-        """Raises on a failure of the whole read (the API unreachable)."""
+        """Raises `SourceUnavailableError` on a failure of the whole read (the API unreachable);
+        any other exception is a bug."""
         ...
 
 
@@ -103,6 +109,11 @@ class CycleReport:
     tracked: int = 0
     export_backlog: int = 0
     error: str | None = None
+
+
+UnexpectedSite = Literal["span_delivery", "span_export", "quality_read"]
+"""Where an unexpected exception (a bug, most likely) was caught so that the work goes on."""
+UNEXPECTED_SITES: tuple[UnexpectedSite, ...] = ("span_delivery", "span_export", "quality_read")
 
 
 class Observer(Protocol):
@@ -139,6 +150,11 @@ class Observer(Protocol):
         """Calls dropped from tracking after running longer than the abandon limit."""
         ...
 
+    def unexpected_error(self, site: UnexpectedSite) -> None:
+        """An exception no code path expects, caught at `site` so that the work goes on (and
+        logged there at warning, with its type and redacted message)."""
+        ...
+
 
 class NullObserver:
     """An Observer that ignores everything (tests, and `once` without metrics)."""
@@ -168,4 +184,7 @@ class NullObserver:
         pass
 
     def calls_abandoned(self, count: int) -> None:
+        pass
+
+    def unexpected_error(self, site: UnexpectedSite) -> None:
         pass

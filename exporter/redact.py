@@ -28,6 +28,7 @@ than 40 characters, and hex digests have a single case, so names that embed them
 from __future__ import annotations
 
 import re
+import traceback
 from collections.abc import Iterable
 from itertools import pairwise
 from typing import Final
@@ -189,3 +190,15 @@ def safe_name(value: str) -> str:
 def known_safe(values: Iterable[str | None]) -> bool:
     """Whether `safe_name` is known to return each of `values` unchanged (None passes)."""
     return _clean.issuperset(values)
+
+
+def error_text(error: BaseException, secrets: Iterable[str] = (), limit: int = 300) -> str:
+    """An unexpected exception as `Type: message`, redacted like any free text: what a bug
+    report needs, and nothing a log must not hold."""
+    return redact_text(f"{type(error).__name__}: {error}", secrets, limit)
+
+
+def error_stack(error: BaseException) -> str:
+    """Where an unexpected exception was raised: its traceback's frames without its message,
+    which may quote data that must not leak (`error_text` gives the message, redacted)."""
+    return "".join(traceback.format_tb(error.__traceback__))

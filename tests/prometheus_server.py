@@ -206,7 +206,7 @@ class PrometheusServer:
             for more in extra:
                 try:
                     print(more())
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001  diagnostics must not hide the failure they explain
                     print(f"(diagnostics failed: {error})")
             raise
 

@@ -22,6 +22,7 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     command += ["--calls", "200", "--large", "400", "--backfill-calls", "150", "--latency", "0.02", "--live", "8"]
     command += ["--rate", "10", "--poll-interval", "1", "--scrape-series", "2000", "--scrape-seconds", "2"]
     command += ["--state-commits", "20", "--state-calls", "150"]
+    command += ["--transport-calls", "150", "--transport-rounds", "1", "--once-calls", "150"]
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -63,12 +64,26 @@ def test_bench_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     for engine in ("sqlite", "postgresql"):
         assert cpu[engine]["complete"] and cpu[engine]["cpu_us_per_function_call"] > 0, engine
     assert cpu["sqlite"]["calls"] == cpu["postgresql"]["calls"]  # the same workload on each engine
+    clients = result["transports"]["clients"]
+    assert list(clients) == ["old layer", "httpx", "httpx-aiohttp"]  # the old layer from git history
+    for client, figures in clients.items():
+        assert figures["complete"] and figures["function_calls"] > 0, client
+        for key in ("cpu_us_per_function_call", "calls_per_cpu_s", "peak_rss_mb"):
+            assert figures[key] > 0 and len(figures["runs"][key]) == 1, (client, key)
+    once = result["once"]
+    for name in ("before", "now"):
+        assert once[name]["returncode"] == 0 and once[name]["summary"].startswith("ok: "), name
+        assert once[name]["call_spans"] > 100 and once[name]["function_calls"] > once[name]["call_spans"], name
+        assert once[name]["peak_rss_mb"] > 0 and once[name]["cpu_s"] > 0, name
+    assert once["now"]["call_spans"] == once["before"]["call_spans"]  # the same work, before and now
     assert set(result["targets"]) == {
         "cpu_within_1_2x_floor",
         "requests_per_call_le_1_05",
         "backfill_ge_80pct_ceiling",
         "rss_flat_within_10pct",
         "freshness_p99_le_interval_plus_1s",
+        "calls_per_core_gt_300",
+        "once_peak_rss_le_70mib",
     }
     assert result["machine"]["python"] and result["table"]
 
@@ -81,15 +96,6 @@ def test_quality_bench_writes_every_figure() -> None:
     result = json.loads(done.stdout)
     assert all(value > 0 for value in result["scrape_us"].values()) and result["decode_us_per_page"] > 0
     assert result["read_ms"]["page_100"]["pages"] == 1 and result["read_ms"]["page_5"]["pages"] == 6
-
-
-def test_exchange_bench_measures_both_paths() -> None:
-    command = [sys.executable, str(ROOT / "bench" / "exchange.py"), "--requests", "50", "--rounds", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-    result = json.loads(done.stdout)
-    assert result["requests"] == 50
-    assert len(result["async_client_us"]) == len(result["exchange_us"]) == 1
-    assert result["async_client_us"][0] > 0 and result["exchange_us"][0] > 0
 
 
 def test_webhook_delivery_bench_measures_both_phases() -> None:

@@ -1,5 +1,5 @@
-"""What goes on the wire: the client sends straight through the transport (exporter/bem/exchange.py),
-so the URL, query and headers httpx.AsyncClient used to build are checked here, over real HTTP."""
+"""What goes on the wire: the URL under a base path, the query and the headers the API client's
+`httpx.AsyncClient` builds, checked here over real HTTP."""
 
 from __future__ import annotations
 

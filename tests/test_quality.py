@@ -366,5 +366,6 @@ def test_a_crashing_read_is_logged_and_the_loop_goes_on(
         return reader.reads
 
     assert with_client(url, loop) >= 2
-    assert "quality read crashed" in caplog.text
+    assert "quality read failed unexpectedly" in caplog.text
+    assert observer.registry.get_sample_value("bem_exporter_unexpected_errors_total", {"site": "quality_read"}) == 1
     assert gauges.shown == 0, "the gauges go with the task"

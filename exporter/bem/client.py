@@ -1,4 +1,4 @@
-"""Async client of bem's Calls API (v3, and v2 for legacy accounts), over httpx.
+"""Async client of bem's Calls API (v3, and v2 for legacy accounts), over `httpx.AsyncClient`.
 
 Every request goes through one place (`_request`) that applies the concurrency limit and the
 adaptive request rate (`exporter.bem.ratelimit`, told of each 429 and success),
@@ -7,6 +7,13 @@ limit, retries connect errors, timeouts, 429, 5xx and malformed bodies with the 
 backoff (honouring `Retry-After`, capped), and reports each attempt through the hooks it is
 given. It knows nothing of settings or of what reads the records. Errors raised from here name
 the endpoint and status, never the key, a URL's query or a body.
+
+HTTP is httpx's, as its users know it: one `AsyncClient` with a pool of `max_concurrency`
+keep-alive connections (`httpx.Limits`), `httpx.Timeout`, the body streamed for the size bound
+(`exporter.bem.answer`), and proxies, `NO_PROXY` and `SSL_CERT_FILE` from the environment
+(`trust_env`). OpenTelemetry's httpx instrumentation sees its requests. httpx's event hooks
+are not used for the self-metrics: an attempt is reported with the time to its last body byte,
+and a transport failure, which no hook sees, as `error`.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Literal, TypeVar
+from typing import Final, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from exporter import __version__
 from exporter.backoff import Backoff
+from exporter.bem.answer import Answer, TooLargeError, read_answer
 from exporter.bem.create import (
     V2_ENDPOINT,
     V3_ENDPOINT,
@@ -35,7 +43,6 @@ from exporter.bem.create import (
     request_body,
 )
 from exporter.bem.decode import CallPage, DecodeError, decode_call_page, decode_trace, decode_v2_trace
-from exporter.bem.exchange import Answer, Exchange, TooLargeError
 from exporter.bem.models import Trace
 from exporter.bem.ratelimit import AdaptiveRate, Ticket
 
@@ -51,6 +58,8 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """Largest response body read, counted after gzip/deflate/brotli decoding: a real page of 100
 calls is ~100 kB and the largest real traces a few MB; past this the request fails (not
 retried: the same answer would come again) and `too_large` is reported."""
+CONNECT_TIMEOUT_CAP = 10.0
+"""Longest wait for a connection (the whole-request timeout bounds it too)."""
 DEFAULT_RETRY_AFTER_CAP = 120.0
 """Longest wait a `Retry-After` header can impose, seconds; a longer one waits this long."""
 LONG_THROTTLE = 30.0
@@ -128,6 +137,9 @@ def _client_error(status: int) -> str:
     return f"HTTP {status}: request rejected"
 
 
+_JSON_BODY: Final = {"content-type": "application/json"}
+
+
 @dataclass(frozen=True, slots=True)
 class _Call:
     """One request as `_request` sends it: `endpoint` is the template used in metrics and errors."""
@@ -139,6 +151,14 @@ class _Call:
     """A JSON body, POSTed; None: a GET."""
     refused: Callable[[int], str] = field(default=_client_error)
     """What a final 4xx answer means, for the error message."""
+
+    @property
+    def method(self) -> Literal["GET", "POST"]:
+        return "GET" if self.body is None else "POST"
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return None if self.body is None else _JSON_BODY
 
 
 class BemClient:
@@ -171,8 +191,11 @@ class BemClient:
         headers = {"user-agent": f"bem-exporter/{__version__}", "accept": "application/json"}
         if api_key is not None:
             headers["x-api-key"] = api_key
-        self._exchange = Exchange(
-            base_url, headers, timeout=timeout, connections=max_concurrency, max_bytes=max_response_bytes
+        self._http = httpx.AsyncClient(
+            base_url=base_url,  # httpx keeps a path prefix: it ends the base with a slash
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_CAP)),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
         )
 
     async def __aenter__(self) -> BemClient:
@@ -182,7 +205,7 @@ class BemClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._exchange.aclose()
+        await self._http.aclose()
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -313,8 +336,13 @@ class BemClient:
     async def _send(self, call: _Call) -> Answer:
         """The whole exchange, body included, bounded by the timeout: a server that trickles
         one byte at a time cannot hold a request open past it."""
-        async with asyncio.timeout(self._timeout):
-            return await self._exchange.send(call.path, call.params, call.body)
+        async with (
+            asyncio.timeout(self._timeout),
+            self._http.stream(
+                call.method, call.path, params=call.params, content=call.body, headers=call.headers
+            ) as response,
+        ):
+            return await read_answer(response, self._max_bytes)
 
     def _decoded(
         self, call: _Call, answer: Answer, decode: Callable[[bytes], T], last: bool, attempt: int
@@ -323,7 +351,7 @@ class BemClient:
         endpoint, status = call.endpoint, answer.status
         if 200 <= status < 300:
             try:
-                return (decode(answer.body),)
+                return (decode(answer.readable()),)
             except DecodeError as error:
                 self._hooks.rejected("response", 1)
                 if last:

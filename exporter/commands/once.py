@@ -58,7 +58,7 @@ async def _cycle(exporter: Exporter, started: float, bar: ProgressBar | None) ->
     await exporter.delivery.deliver()
     earlier = left_before - await exporter.state.count_unexported()
     try:
-        report = await exporter.cycle()
+        report = await _cycle_delivering(exporter)
     finally:
         if bar is not None:
             bar.close()
@@ -69,6 +69,19 @@ async def _cycle(exporter: Exporter, started: float, bar: ProgressBar | None) ->
     ok = report.ok and waiting == 0
     print(_summary(ok, report, spans, time.monotonic() - started))
     return 0 if ok else 1
+
+
+async def _cycle_delivering(exporter: Exporter) -> CycleReport:
+    """The cycle with delivery's worker beside it, as `run` has it: each page's spans leave
+    once the page is committed, instead of a whole backfill's finished calls and traces
+    waiting in memory for the cycle to end (3,000 calls held about 28 MiB)."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(exporter.delivery.run(stop))
+    try:
+        return await exporter.cycle()
+    finally:
+        stop.set()
+        await worker
 
 
 def _summary(ok: bool, report: CycleReport, spans: str, seconds: float) -> str:

@@ -31,7 +31,7 @@ from exporter.ids import (
     UNKNOWN_SOURCE_EVENT,
 )
 from exporter.metrics.labels import LabelPolicy
-from exporter.pipeline import CycleReport
+from exporter.pipeline import UNEXPECTED_SITES, CycleReport, UnexpectedSite
 from exporter.quality.records import QUALITY_RESULTS, QualityResult
 
 # `_created` series would double the counters' samples for nothing a dashboard reads.
@@ -212,6 +212,15 @@ class SelfMetrics:
             "Finished calls whose spans were given up on (still unexported past the retention window).",
             registry=r,
         )
+        self._unexpected = Counter(
+            "bem_exporter_unexpected_errors_total",
+            "Exceptions no code path expects (a bug, most likely), caught so that the work goes on, by where; "
+            "each is logged at warning with its type and message.",
+            ["site"],
+            registry=r,
+        )
+        for site in UNEXPECTED_SITES:
+            self._unexpected.labels(site)
 
     def _register_records(self) -> None:
         r = self.registry
@@ -415,6 +424,9 @@ class SelfMetrics:
 
     def calls_abandoned(self, count: int) -> None:
         self._abandoned.inc(count)
+
+    def unexpected_error(self, site: UnexpectedSite) -> None:
+        self._unexpected.labels(site).inc()
 
     # --- beyond the Observer protocol (fed by the parts that know these facts) --------------------
 

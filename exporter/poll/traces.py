@@ -11,8 +11,9 @@ import logging
 from collections.abc import Sequence
 
 from exporter.bem.client import MAX_PAGE_SIZE, ApiError, BemClient, ListQuery
+from exporter.bem.decode import CallPage
 from exporter.bem.models import Call, Trace
-from exporter.pipeline import FinishedCall, Refetched
+from exporter.pipeline import FinishedCall, Refetched, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ApiTraces:
         result = Refetched()
         for start in range(0, len(call_ids), MAX_PAGE_SIZE):
             chunk = call_ids[start : start + MAX_PAGE_SIZE]
-            page = await self._client.list_calls(ListQuery(call_ids=chunk))
+            page = await self._listed(chunk)
             if page.first_unidentified is None:  # every record has its id: the unlisted are gone
                 listed = {call_id for call_id in page.ids if call_id is not None}
                 result.gone.update(call_id for call_id in chunk if call_id not in listed)
@@ -45,6 +46,12 @@ class ApiTraces:
             batch, _ = await self.fetch([call for call in page.calls if call.finished])
             result.found.extend(batch)
         return result
+
+    async def _listed(self, call_ids: Sequence[str]) -> CallPage:
+        try:
+            return await self._client.list_calls(ListQuery(call_ids=call_ids))
+        except ApiError as failure:
+            raise SourceUnavailableError(str(failure)) from failure
 
     async def _trace(self, call: Call) -> Trace | None:
         try:

@@ -20,10 +20,11 @@ from typing import Protocol
 
 from exporter.bem.client import ApiError
 from exporter.health import HealthLog
+from exporter.pipeline import UnexpectedSite
 from exporter.quality.gauges import QualityGauges
 from exporter.quality.reader import QualityReader
 from exporter.quality.records import QualityResult, Reading
-from exporter.redact import redact_text
+from exporter.redact import error_text, redact_text
 from exporter.status import QualitySummary, StatusBoard
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class QualityReports(Protocol):
     """Where reads are counted (the self-metrics)."""
 
     def quality_read(self, result: QualityResult, at: float) -> None: ...
+
+    def unexpected_error(self, site: UnexpectedSite) -> None: ...
 
 
 class QualityWatch:
@@ -65,8 +68,9 @@ class QualityWatch:
                 started = time.monotonic()
                 try:
                     await self.read_once()
-                except Exception as error:  # a bug: logged, and the next read comes as planned
-                    log.error("quality read crashed", extra={"error": f"{type(error).__name__}: {error}"})
+                except Exception as error:  # noqa: BLE001 - a bug: reported, and the next read comes as planned
+                    log.warning("quality read failed unexpectedly", extra={"error": error_text(error)})
+                    self._reports.unexpected_error("quality_read")
                 await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
         finally:
             self._gauges.clear()

@@ -96,7 +96,7 @@ class SimulatorServer:
             site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
             loop.run_until_complete(site.start())
             self.port = _bound_port(runner)
-        except BaseException as exc:  # report to start(), whatever it was
+        except BaseException as exc:  # noqa: BLE001  the thread's boundary: start() raises it, whatever it was
             self._error = exc
             loop.run_until_complete(runner.cleanup())
             loop.close()

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from exporter.pipeline import FinishedCall, Observer, SpanExporter, TraceSource
+from exporter.pipeline import FinishedCall, Observer, Refetched, SourceUnavailableError, SpanExporter, TraceSource
+from exporter.redact import error_stack, error_text
 from exporter.state.store import StateError, StateStore, StateWriteError
 
 log = logging.getLogger(__name__)
@@ -167,10 +168,8 @@ class Delivery:
                 self._evicted = False
                 self._refetch_delay = RETRY_MIN
                 return
-            try:
-                refetched = await self._source.refetch(call_ids)
-            except Exception as error:  # the API's trouble is the poller's to report
-                log.debug("refetch of undelivered calls failed", extra={"error": type(error).__name__})
+            refetched = await self._refetch(call_ids)
+            if refetched is None:
                 self._postpone_refetch()
                 return
             if refetched.gone:
@@ -186,6 +185,18 @@ class Delivery:
                 self._postpone_refetch()
                 return
             self._refetch_delay = RETRY_MIN
+
+    async def _refetch(self, call_ids: Sequence[str]) -> Refetched | None:
+        """What the source read again; None when it could not (tried again later)."""
+        try:
+            return await self._source.refetch(call_ids)
+        except SourceUnavailableError as error:  # the API's trouble: the poll loop reports it
+            log.debug("refetch of undelivered calls failed", extra={"error": str(error)})
+        except Exception as error:  # noqa: BLE001  a bug must not stop delivery: named, counted, retried
+            log.warning("refetch of undelivered calls failed unexpectedly", extra={"error": error_text(error)})
+            log.debug("unexpected refetch failure", extra={"stack": error_stack(error)})
+            self._observer.unexpected_error("span_delivery")
+        return None
 
     def _postpone_refetch(self) -> None:
         self._refetch_at = time.monotonic() + self._refetch_delay

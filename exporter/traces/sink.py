@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from exporter.config import TraceSettings
 from exporter.ids import UNBUILDABLE
 from exporter.pipeline import FinishedCall, Observer, SpanExporter
-from exporter.redact import redact_text, safe_url
+from exporter.redact import error_stack, error_text, redact_text, safe_url
 from exporter.traces.http_transport import HttpTransport
 from exporter.traces.otlp import SpanEncoder
 from exporter.traces.spans import SpanBuilder, make_resource
@@ -97,9 +97,9 @@ def build_all(builder: SpanBuilder, batch: Sequence[FinishedCall]) -> Built:
     for finished in batch:
         try:
             spans = builder.build(finished, built.anomalies)
-        except Exception as error:
-            log.error("cannot build the spans of call %s: %s", finished.call.call_id, type(error).__name__)
-            log.debug("span building failed", exc_info=True)
+        except Exception as error:  # noqa: BLE001  one call's bug must not hold back the batch: named, counted
+            log.error("cannot build the spans of call %s: %s", finished.call.call_id, error_text(error))
+            log.debug("span building failed", extra={"stack": error_stack(error)})
             built.anomalies.append(UNBUILDABLE)
             continue
         built.calls.append(CallSpans(finished.call.call_id, spans))
@@ -198,8 +198,8 @@ class OtlpSpanExporter:
         self._worker.shutdown(wait=False, cancel_futures=True)
         try:
             self._transport.close()
-        except Exception as error:
-            log.debug("OTLP transport shutdown: %s", type(error).__name__)
+        except Exception as error:  # noqa: BLE001  shutting down: named and counted, the rest still stops
+            self._unexpected("closing the OTLP transport", error)
 
     # -- delivery --------------------------------------------------------------------------------
 
@@ -258,8 +258,10 @@ class OtlpSpanExporter:
             return future.result(timeout=self._timeout + _GRACE_SECONDS)
         except concurrent.futures.TimeoutError:
             return Outcome("unavailable", f"no answer within {self._timeout:g} s")
-        except Exception as error:  # the transport catches its own; this is for the unexpected
-            return Outcome("unavailable", type(error).__name__)
+        except Exception as error:  # noqa: BLE001  the transport catches its own: this is a bug, named and counted
+            self._unexpected("sending spans", error)
+            # Kept and retried like any failed export: at least once, even past a bug.
+            return Outcome("unavailable", f"unexpected error: {error_text(error, self._secrets)}")
 
     def _note(self, failure: Outcome | None) -> None:
         """Log transitions only: a backend down for an hour is one warning, not hundreds."""
@@ -272,6 +274,11 @@ class OtlpSpanExporter:
                 self._redact(failure.detail or "no details"),
             )
         self._healthy = failure is None
+
+    def _unexpected(self, doing: str, error: Exception) -> None:
+        log.warning("OTLP trace export: unexpected error %s: %s", doing, error_text(error, self._secrets))
+        log.debug("unexpected OTLP export error", extra={"stack": error_stack(error)})
+        self._observer.unexpected_error("span_export")
 
     def _redact(self, text: str) -> str:
         return redact_text(text, self._secrets, limit=300)

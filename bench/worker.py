@@ -60,12 +60,20 @@ def state_setting(config: dict[str, Any]) -> dict[str, str]:
     return {"BEM_STATE_PATH": config["state_path"]}
 
 
+def webhook_setting(config: dict[str, Any]) -> dict[str, str]:
+    """The webhook listener, when the run has one (bench/webhooks.py)."""
+    if not config.get("webhook_listen"):
+        return {}
+    return {"BEM_WEBHOOK_LISTEN": config["webhook_listen"], "BEM_WEBHOOK_SECRET": config["webhook_secret"]}
+
+
 def settings_for(config: dict[str, Any]) -> Settings:
     env = {
         "BEM_API_URL": config["api_url"],
         "BEM_API_KEY": "sim-key",
         "BEM_WORKFLOWS": ",".join(config["workflows"]),
         **state_setting(config),
+        **webhook_setting(config),
         "BEM_LOOKBACK": config.get("lookback", "3h"),
         "BEM_POLL_INTERVAL": str(config.get("poll_interval", 2)),
         "BEM_MAX_CONCURRENCY": str(config.get("max_concurrency", 16)),

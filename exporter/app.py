@@ -20,6 +20,7 @@ from exporter.bem.client import MAX_ATTEMPTS, BemClient, ClientHooks
 from exporter.bem.errors import api_host
 from exporter.canary.driver import RECORDER, CanaryDriver, canary_of
 from exporter.config import ApiSettings, Settings
+from exporter.ha.hints import HintRelay
 from exporter.ha.leadership import FenceWatch, Leadership
 from exporter.ha.mirror import StandbyMirror
 from exporter.health import HealthLog
@@ -27,6 +28,7 @@ from exporter.metrics import Metrics, ScrapeFigures
 from exporter.metrics.observer import SelfMetrics
 from exporter.pipeline import CallRecorder, CycleReport, SpanExporter
 from exporter.poll import ApiTraces, PollLoop
+from exporter.poll.hints import HintQueue
 from exporter.poll.progress import Listener, Progress
 from exporter.quality.gauges import QualityGauges
 from exporter.quality.reader import ENDPOINTS as QUALITY_ENDPOINTS
@@ -35,11 +37,14 @@ from exporter.quality.watch import QualityWatch
 from exporter.state import StateStore, StateWriteError
 from exporter.state.sqlite import SqliteStore
 from exporter.status import BackfillProgress, FoldedFamily, ScrapeSummary, StatusBoard
+from exporter.status.webhooks import WebhookBoard
 from exporter.traces.delivery import Delivery, Retention
 from exporter.traces.sink import build_span_exporter
+from exporter.webhooks import RESULTS, Handover, Hint, Intake, SeenEvents, Verifier, WebhookServer
 
 if TYPE_CHECKING:  # psycopg (about 20 MiB) is imported only when the state is in PostgreSQL
     from exporter.state.postgres import PostgresStore
+    from exporter.state.postgres_hints import SharedHints
 
 log = logging.getLogger("exporter")
 
@@ -47,6 +52,8 @@ READY_INTERVALS = 3
 """/readyz fails once the last successful listing is older than this many poll intervals."""
 OPEN_RETRY_MIN, OPEN_RETRY_MAX = 1.0, 10.0
 """Seconds between attempts to reach a state database that is down at start."""
+REPLAY_MARGIN = 60.0
+"""Seconds beyond twice the tolerance that accepted event ids are remembered (clock skew)."""
 
 
 @dataclass
@@ -64,6 +71,11 @@ class Exporter:
     canary: CanaryDriver | None = None
     quality: QualityWatch | None = None
     """The leader's reader of bem's function quality metrics; None when `BEM_QUALITY_INTERVAL=0`."""
+    webhooks: WebhookServer | None = None
+    """The webhook listener (BEM_WEBHOOK_LISTEN), started by `run`."""
+    hint_relay: HintRelay | None = None
+    """With PostgreSQL: what the leader takes other replicas' webhook hints with."""
+    webhook_board: WebhookBoard | None = None
 
     def is_leader(self) -> bool:
         """Whether this replica polls, exports spans and creates canary calls now (always
@@ -88,6 +100,14 @@ class Exporter:
         self.metrics.observer.cycle_done(report, time.time())
         return report
 
+    async def follow_hints(self) -> CycleReport:
+        """Read what webhooks named, between cycles (in the cycle's task)."""
+        report = await self.poller.follow_hints()
+        self.metrics.observer.webhook_counted(report.counted)
+        if self.webhook_board is not None and self.poller.hints is not None:
+            self.webhook_board.hints_followed(report.refreshed, report.counted, self.poller.hints.followed)
+        return report
+
 
 @contextlib.asynccontextmanager
 async def open_exporter(
@@ -97,7 +117,7 @@ async def open_exporter(
     progress: Sequence[Listener] = (),
 ) -> AsyncIterator[Exporter]:
     metrics = Metrics(settings.metrics, __version__, max_series_per_family=settings.metrics.max_series_per_metric)
-    opened, leadership = await open_state(settings, metrics.observer, status)
+    opened, leadership, shared_hints = await open_state(settings, metrics.observer, status)
     state: StateStore = FenceWatch(opened, leadership) if leadership.replicated else opened
     span_exporter = spans or build_span_exporter(
         settings.traces, metrics.observer, max_request_bytes=settings.traces.max_request_bytes
@@ -118,6 +138,7 @@ async def open_exporter(
                 recorders[RECORDER] = canary  # judged in the transaction of the batch that finishes its call
                 metrics.live_registry.register(canary)  # a few series: rendered per scrape, always current
             listeners = (*progress_listeners(metrics.observer, status), *progress)
+            hints = HintQueue() if settings.webhooks.enabled else None
             poller = PollLoop(
                 client,
                 state,
@@ -128,6 +149,7 @@ async def open_exporter(
                 settings.api.workflows,
                 api_host=api_host(settings.api.url),
                 progress=listeners,
+                hints=hints,
             )
             if not leadership.replicated:
                 # A replica loads the state when it takes the lease, not before.
@@ -142,23 +164,67 @@ async def open_exporter(
                 )
             )
             quality = quality_watch(settings, client, metrics, status)
-            yield Exporter(
+            exporter = Exporter(
                 settings, client, state, metrics, span_exporter, delivery, poller, leadership, mirror, driver, quality
             )
+            if hints is not None:
+                wire_webhooks(exporter, hints, shared_hints, status)
+            yield exporter
     finally:
         span_exporter.shutdown()
         await state.close()
 
 
+def wire_webhooks(
+    exporter: Exporter, hints: HintQueue, shared: SharedHints | None, status: StatusBoard | None
+) -> None:
+    """The listener, and how its hints reach the poll loop: in memory with SQLite; through the
+    shared state with PostgreSQL, whichever replica leads."""
+    settings = exporter.settings.webhooks
+    keep = 2 * settings.tolerance + REPLAY_MARGIN
+    handover = _in_memory(hints) if shared is None else _shared(shared)
+    observer = exporter.metrics.observer
+    observer.expect_webhooks(RESULTS)
+    board = WebhookBoard(RESULTS, "memory" if shared is None else "postgres")
+    if status is not None:
+        status.webhooks = board
+    verifier = Verifier(
+        [secret.get() for secret in settings.secrets],
+        settings.tolerance,
+        allow_unsigned=settings.allow_unsigned,
+        clock=time.time,
+    )
+    intake = Intake(verifier, handover, SeenEvents(keep, time.monotonic), time.time, (observer, board))
+    exporter.webhooks = WebhookServer(settings, exporter.settings.metrics, intake)
+    exporter.webhook_board = board
+    if shared is not None:
+        exporter.hint_relay = HintRelay(shared, hints, keep)
+
+
+def _in_memory(hints: HintQueue) -> Handover:
+    async def hand(hint: Hint) -> bool:
+        hints.note(hint.call_id)
+        return True
+
+    return hand
+
+
+def _shared(shared: SharedHints) -> Handover:
+    async def hand(hint: Hint) -> bool:
+        return await shared.put(hint.event_id, hint.call_id)
+
+    return hand
+
+
 async def open_state(
     settings: Settings, observer: SelfMetrics, status: StatusBoard | None
-) -> tuple[StateStore, Leadership]:
-    """The store `settings.state` names, and this replica's role in it: SQLite is always its
-    single writer; a PostgreSQL replica starts as a standby."""
+) -> tuple[StateStore, Leadership, SharedHints | None]:
+    """The store `settings.state` names, this replica's role in it (SQLite is always its single
+    writer; a PostgreSQL replica starts as a standby), and the replicas' shared webhook hints."""
     if settings.state.engine == "sqlite":
-        return await SqliteStore.open(settings.poll.state_path), Leadership(None, observer, status)
+        return await SqliteStore.open(settings.poll.state_path), Leadership(None, observer, status), None
     store = await _open_postgres(settings)
-    return store, Leadership(store.lease, observer, status)
+    return store, Leadership(store.lease, observer, status), store.hints
 
 
 async def _open_postgres(settings: Settings) -> PostgresStore:

@@ -102,7 +102,7 @@ class HttpServer:
     async def start(self) -> str:
         """Listen; return the base URL (`http(s)://host:port`, the actual port if 0 was asked,
         and loopback when listening on every interface)."""
-        ssl_context = self._ssl_context()
+        ssl_context = tls_context(self._settings.tls_cert_file, self._settings.tls_key_file)
         app = web.Application()
         app.add_routes(self.routes())
         # No access log: a scrape every few seconds would drown the exporter's own logs.
@@ -110,30 +110,14 @@ class HttpServer:
         await runner.setup()
         host, port = self._settings.listen_host, self._settings.listen_port
         try:
-            self._listener = await self._listen(runner, ssl_context)
+            self._listener = await listen_guarded(runner, host, port, ssl_context, self._limits)
         except OSError as error:
             await runner.cleanup()
             reason = error.strerror or str(error)
             raise ServerError(error.errno or 0, f"BEM_LISTEN: cannot listen on {host}:{port}: {reason}") from None
         self._runner = runner
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-render")
-        bound_port = _bound_port(self._listener, port)
-        scheme = "https" if ssl_context is not None else "http"
-        return f"{scheme}://{_shown_host(host)}:{bound_port}"
-
-    async def _listen(self, runner: web.AppRunner, ssl_context: ssl.SSLContext | None) -> asyncio.Server:
-        """What `web.TCPSite` does, with each connection's protocol wrapped in the guard."""
-        handler_factory = runner.server
-        assert handler_factory is not None  # set by setup()
-        loop = asyncio.get_running_loop()
-        return await loop.create_server(
-            guarded(handler_factory, self._limits),
-            self._settings.listen_host or None,
-            self._settings.listen_port,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self._limits.header_timeout if ssl_context is not None else None,
-            reuse_address=True,
-        )
+        return base_url(self._listener, host, port, ssl_context)
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -209,29 +193,55 @@ class HttpServer:
         # Both comparisons always run (`&`, not `and`): the timing tells nothing either way.
         return bool(sep) & hmac.compare_digest(user, expected_user) & hmac.compare_digest(password, expected_password)
 
-    # --- TLS -------------------------------------------------------------------------------------
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        cert, key = self._settings.tls_cert_file, self._settings.tls_key_file
-        if cert is None or key is None:
-            return None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            context.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as error:
-            reason = getattr(error, "reason", None) or error.strerror or str(error)
-            raise ServerError(
-                error.errno or 0, f"BEM_TLS_CERT_FILE/BEM_TLS_KEY_FILE: cannot load {cert!r} and {key!r}: {reason}"
-            ) from None
-        return context
-
 
 _STATUS_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def _challenge() -> web.Response:
     return web.Response(status=401, text="authentication required\n", headers={"WWW-Authenticate": _REALM})
+
+
+# --- shared with the webhook listener ------------------------------------------------------------
+
+
+async def listen_guarded(
+    runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None, limits: ConnectionLimits
+) -> asyncio.Server:
+    """What `web.TCPSite` does, with each connection's protocol wrapped in the guard."""
+    handler_factory = runner.server
+    assert handler_factory is not None  # set by setup()
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        guarded(handler_factory, limits),
+        host or None,
+        port,
+        ssl=ssl_context,
+        ssl_handshake_timeout=limits.header_timeout if ssl_context is not None else None,
+        reuse_address=True,
+    )
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server side of TLS for `BEM_TLS_CERT_FILE`/`BEM_TLS_KEY_FILE`; None without them."""
+    if cert is None or key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        reason = getattr(error, "reason", None) or error.strerror or str(error)
+        raise ServerError(
+            error.errno or 0, f"BEM_TLS_CERT_FILE/BEM_TLS_KEY_FILE: cannot load {cert!r} and {key!r}: {reason}"
+        ) from None
+    return context
+
+
+def base_url(listener: asyncio.Server, host: str, asked_port: int, ssl_context: ssl.SSLContext | None) -> str:
+    """`http(s)://host:port` of a listener: the actual port if 0 was asked, and loopback when
+    listening on every interface."""
+    scheme = "https" if ssl_context is not None else "http"
+    return f"{scheme}://{_shown_host(host)}:{_bound_port(listener, asked_port)}"
 
 
 def _bound_port(listener: asyncio.Server, asked: int) -> int:

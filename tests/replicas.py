@@ -44,11 +44,13 @@ class Replicas:
         self.live: list[ExporterProcess] = []
         self.started = 0
 
-    def add(self) -> ExporterProcess:
-        """Start one more replica (not waited for: a standby may not be ready)."""
+    def add(self, env: Mapping[str, str] | None = None) -> ExporterProcess:
+        """Start one more replica (not waited for: a standby may not be ready), with `env` on
+        top of the replicas' common environment (its own webhook port, say)."""
         self.started += 1
         base = self.workdir / f"replica-{self.started}"
-        replica = ExporterProcess(self.api_url, base, env={"BEM_STATE_URL": self.state_url, **self.env})
+        common = {"BEM_STATE_URL": self.state_url, **self.env, **(env or {})}
+        replica = ExporterProcess(self.api_url, base, env=common)
         del replica.env["BEM_STATE_PATH"]
         replica.start(ready=False)
         self.live.append(replica)

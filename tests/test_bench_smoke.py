@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,3 +107,20 @@ def test_webhook_delivery_bench_measures_both_phases() -> None:
     for phase in ("api_without_webhooks", "api_with_webhooks"):
         assert result[phase]["requests"] > 0 and result[phase]["p99_ms"] > 0
     assert result["deliveries_per_s"] > 0 and result["counts"]["delivered"] > 0
+
+
+def test_webhooks_bench_quick_run_writes_every_figure() -> None:
+    """bench/webhooks.py end to end in its quick mode: both runs measured, figures written."""
+    name = f"smoke-{uuid.uuid4().hex[:8]}"
+    out = ROOT / "bench" / "results" / f"webhooks-{name}.json"
+    command = [sys.executable, str(ROOT / "bench" / "webhooks.py"), "--quick", "--intervals", "2", "--name", name]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs = json.loads(out.read_text())["runs"]
+    finally:
+        out.unlink(missing_ok=True)
+    assert [(run["poll_interval_s"], run["webhooks"]) for run in runs] == [(2.0, False), (2.0, True)]
+    for run in runs:
+        assert run["calls_measured"] > 0 and run["p99_s"] > 0 and run["api_requests_per_call"] > 0
+    assert runs[1]["deliveries"].get("delivered", 0) > 0

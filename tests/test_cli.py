@@ -324,6 +324,12 @@ def test_the_simulator_says_which_key_it_expects() -> None:
     assert "accepting the API key 'my-sim-key'" in first
 
 
+def _accepted_webhooks(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    found = re.search(r'^bem_exporter_webhooks_received_total\{result="accepted"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_demo_prints_its_status_url_and_says_its_trees_are_a_sample() -> None:
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("BEM_", "OTEL_"))}
@@ -337,15 +343,22 @@ def test_demo_prints_its_status_url_and_says_its_trees_are_a_sample() -> None:
     )
     try:
         assert process.stdout is not None
-        banner = [process.stdout.readline().rstrip("\n") for _ in range(6)]
+        banner = [process.stdout.readline().rstrip("\n") for _ in range(7)]
         url = banner[3].split()[-1]
         wait_until(lambda: httpx.get(url, timeout=5).status_code == 200, 30, what="the demo's /status")
         status = httpx.get(url, timeout=5)
+        # The demo runs with webhooks on: the simulator delivers, signed, and the exporter accepts.
+        wait_until(lambda: _accepted_webhooks(port) > 0, 60, what="the demo's first accepted webhook")
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
     assert banner[3] == f"  status:    http://127.0.0.1:{port}/status"
-    assert banner[4] == (
+    assert re.fullmatch(
+        r"  webhooks:  http://127\.0\.0\.1:\d+/webhook "
+        r"\(\d+ subscriptions of the simulated bem deliver there, signed\)",
+        banner[4],
+    ), banner[4]
+    assert banner[5] == (
         "  traces:    a sample printed below as trees (2 per batch of finished calls; every call is counted); "
         "set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 to send all of them to Tempo, Jaeger or a Collector"
     )
@@ -376,13 +389,13 @@ def test_demo_shows_a_functions_accuracy_sliding() -> None:
     steady = profile(FUNCTIONS_BY_NAME["extract-invoice"]).accuracy
     try:
         assert process.stdout is not None
-        banner = [process.stdout.readline().rstrip("\n") for _ in range(8)]
+        banner = [process.stdout.readline().rstrip("\n") for _ in range(9)]
         wait_until(lambda: accuracy() is not None, 30, what="the demo's quality gauges")
         wait_until(lambda: (accuracy() or 1.0) < steady - 0.006, 90, interval=1.0, what="the accuracy sliding")
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
-    assert banner[6] == (
+    assert banner[7] == (
         "  quality:   bem's function metrics read every 1s; extract-invoice's accuracy drifts down 1 point a "
         "minute (bem_function_accuracy_ratio)"
     )

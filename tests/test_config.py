@@ -22,6 +22,7 @@ from exporter.config import (
     StateSettings,
     StatusSettings,
     TraceSettings,
+    WebhookSettings,
     load_settings,
     parse_size,
 )
@@ -90,6 +91,18 @@ def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
         ({"BEM_TRACE_URL": "https://grafana.example/explore"}, "BEM_TRACE_URL"),
         ({"BEM_TRACE_URL": "grafana/{trace_id}"}, "BEM_TRACE_URL"),
         ({"BEM_API_URL": "https://api.bem.ai:port"}, "BEM_API_URL"),
+        ({"BEM_WEBHOOK_LISTEN": "127.0.0.1:9878"}, "BEM_WEBHOOK_SECRET"),
+        ({"BEM_WEBHOOK_SECRET": "s"}, "BEM_WEBHOOK_SECRET"),
+        ({"BEM_WEBHOOK_SECRET_FILE": "/etc/hostname"}, "BEM_WEBHOOK_SECRET_FILE"),
+        ({"BEM_WEBHOOK_LISTEN": "127.0.0.1:9878", "BEM_WEBHOOK_SECRET": " , "}, "BEM_WEBHOOK_SECRET"),
+        ({"BEM_WEBHOOK_LISTEN": "127.0.0.1:9878", "BEM_WEBHOOK_SECRET": "a b"}, "BEM_WEBHOOK_SECRET"),
+        (
+            {"BEM_WEBHOOK_LISTEN": "127.0.0.1:9878", "BEM_WEBHOOK_SECRET": "s", "BEM_WEBHOOK_ALLOW_UNSIGNED": "true"},
+            "BEM_WEBHOOK_ALLOW_UNSIGNED",
+        ),
+        ({"BEM_WEBHOOK_LISTEN": "9877", "BEM_WEBHOOK_SECRET": "s"}, "BEM_WEBHOOK_LISTEN"),
+        ({"BEM_WEBHOOK_LISTEN": "0.0.0.0:80000", "BEM_WEBHOOK_SECRET": "s"}, "BEM_WEBHOOK_LISTEN"),
+        ({"BEM_WEBHOOK_TOLERANCE": "0"}, "BEM_WEBHOOK_TOLERANCE"),
     ],
 )
 def test_invalid_values_name_the_setting(env: dict[str, str], named: str) -> None:
@@ -195,6 +208,7 @@ def test_resolved_defaults_are_the_model_defaults() -> None:
     assert s.metrics == MetricsSettings()
     assert s.status == StatusSettings()
     assert s.traces == TraceSettings()
+    assert s.webhooks == WebhookSettings()
     assert (s.log_level, s.log_format) == ("info", "auto")
 
 
@@ -269,12 +283,16 @@ def test_no_secret_is_ever_in_the_resolved_list(tmp_path: Path) -> None:
             "BEM_CANARY_WORKFLOW": "canary",
             "BEM_CANARY_FILE": str(canary),
             "BEM_TRACE_URL": "https://grafana.example/explore?token=trace-secret-7&q={trace_id}",
+            "BEM_WEBHOOK_LISTEN": "0.0.0.0:9878",
+            "BEM_WEBHOOK_SECRET": "webhook-secret-8,webhook-secret-9",
         }
     )
     shown = "\n".join(item.line() for item in s.resolved)
-    for secret in (KEY, "url-secret", "pg-secret", "header-secret", "otlp-secret", "basic-secret", "trace-secret"):
+    for secret in (
+        KEY, "url-secret", "pg-secret", "header-secret", "otlp-secret", "basic-secret", "trace-secret", "webhook-secret"
+    ):  # fmt: skip
         assert secret not in shown
-    for secret in (KEY, "pg-secret", "basic-secret", "canary-content-marker"):  # held as Secret or hidden
+    for secret in (KEY, "pg-secret", "basic-secret", "canary-content-marker", "webhook-secret"):  # Secret or hidden
         assert secret not in repr(s)
     assert "canary-content-marker" not in shown
     resolved = _resolved(s)
@@ -284,7 +302,19 @@ def test_no_secret_is_ever_in_the_resolved_list(tmp_path: Path) -> None:
     assert resolved["OTEL_EXPORTER_OTLP_HEADERS"].value == "api-key=***,x-team=***"
     assert resolved["BEM_API_URL"].value == "https://api.example/bem"
     assert resolved["BEM_CANARY_FILE"].value == str(canary)
-    assert set(s.secrets()) == {KEY, "pg-secret-3", "basic-secret-42"}
+    assert resolved["BEM_WEBHOOK_SECRET"].value == "***"
+    assert set(s.secrets()) == {KEY, "pg-secret-3", "basic-secret-42", "webhook-secret-8", "webhook-secret-9"}
+
+
+def test_webhook_secrets_from_a_file_one_per_line_for_a_rotation(tmp_path: Path) -> None:
+    secrets = tmp_path / "webhook-secret"
+    secrets.write_text("whsec-old\nwhsec-new\n\n")
+    s = settings({"BEM_WEBHOOK_LISTEN": "[::1]:9878", "BEM_WEBHOOK_SECRET_FILE": str(secrets)})
+    assert [secret.get() for secret in s.webhooks.secrets] == ["whsec-old", "whsec-new"]
+    assert (s.webhooks.listen_host, s.webhooks.listen_port, s.webhooks.tolerance) == ("::1", 9878, 300.0)
+    unsigned = settings({"BEM_WEBHOOK_LISTEN": "127.0.0.1:9878", "BEM_WEBHOOK_ALLOW_UNSIGNED": "true"})
+    assert unsigned.webhooks.allow_unsigned and unsigned.webhooks.secrets == ()
+    assert not settings({}).webhooks.enabled
 
 
 def test_a_key_file_given_as_a_flag_beats_a_key_in_the_environment(tmp_path: Path) -> None:

@@ -383,11 +383,36 @@ def test_real_api_override_drops_the_simulator_and_reads_the_key_from_a_secret()
     assert merged["secrets"][secret] == {"environment": "BEM_API_KEY"}
 
 
+def test_compose_runs_with_webhooks_from_the_simulator_and_not_against_the_real_api() -> None:
+    from exporter.simulator import DEMO_WEBHOOK_SECRET
+
+    base = load_yaml("compose.yaml")
+    services = base["services"]
+    env = services["exporter"]["environment"]
+    host, port = env["BEM_WEBHOOK_LISTEN"].rsplit(":", 1)
+    assert (host, env["BEM_WEBHOOK_SECRET"]) == ("0.0.0.0", DEMO_WEBHOOK_SECRET)
+    assert all(not published.startswith(f"{port}:") for published in services["exporter"]["ports"])
+    for name, target in (("subscribe", "exporter"), ("subscribe-ha", "exporter-ha-2")):
+        command = services[name]["command"]
+        assert command[0] == "subscribe" and "--apply" in command
+        url = urlsplit(command[command.index("--url") + 1])
+        assert (url.hostname, str(url.port), url.path) == (target, port, "/webhook")
+        assert services[name]["environment"]["BEM_API_URL"] == "http://simulator:8787"
+        assert services[name]["restart"] == "on-failure", "it may start before the simulator answers"
+        assert services[target]["environment"]["BEM_WEBHOOK_LISTEN"] == env["BEM_WEBHOOK_LISTEN"]
+    assert "subscribe-ha" not in active(base) and "subscribe-ha" in active(base, ("ha",))
+    merged = merge(base, load_yaml("compose.real-api.yaml"))
+    assert "subscribe" not in active(merged), "no subscription of bem's functions to a local stack"
+    real = merged["services"]["exporter"]["environment"]
+    asked = (real["BEM_WEBHOOK_LISTEN"], real["BEM_WEBHOOK_SECRET"])
+    assert asked == ("${BEM_WEBHOOK_LISTEN:-}", "${BEM_WEBHOOK_SECRET:-}"), "off unless the operator sets them"
+
+
 def test_ha_profile_runs_two_replicas_on_one_postgresql_scraped_by_their_own_prometheus() -> None:
     project = load_yaml("compose.yaml")
     services = project["services"]
     ha = {name for name, service in services.items() if "ha" in service.get("profiles", [])}
-    assert ha == {"postgres", "exporter-ha-1", "exporter-ha-2", "prometheus-ha"}
+    assert ha == {"postgres", "exporter-ha-1", "exporter-ha-2", "prometheus-ha", "subscribe-ha"}
     assert not ha & set(active(project)), "plain `docker compose up` starts no HA service"
     replicas = [services["exporter-ha-1"], services["exporter-ha-2"]]
     for replica in replicas:

@@ -29,7 +29,7 @@ from dashboards import ROOT, RULES_DIR, rule_groups
 DEPLOY = ROOT / "deploy" / "kubernetes"
 GENERATOR = DEPLOY / "generate_prometheusrule.py"
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
-CORE_KINDS = {"Deployment", "Service", "PodDisruptionBudget", "PersistentVolumeClaim", "Secret"}
+CORE_KINDS = {"Deployment", "Service", "PodDisruptionBudget", "PersistentVolumeClaim", "Secret", "Ingress"}
 DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
 LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
 METADATA = {
@@ -171,7 +171,7 @@ def environment(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_there_are_manifests_of_every_kind_the_setups_need() -> None:
     kinds = {document["kind"] for document in manifests().values()}
     assert kinds == CORE_KINDS | set(CUSTOM_SCHEMAS)
-    applied = set(kustomized(DEPLOY / "ha")) | set(kustomized(DEPLOY / "single"))
+    applied = {path for name in ("ha", "single", "webhooks") for path in kustomized(DEPLOY / name)}
     unused = {path.name for path in manifests() if path not in applied}
     assert unused == {"secret.example.yaml"}, f"manifests no kustomization applies: {unused}"
 
@@ -308,6 +308,29 @@ def test_the_single_setup_runs_one_replica_on_a_volume() -> None:
     assert Path(state_path).parent == Path(mount["mountPath"])
     assert "BEM_STATE_URL" not in environment(deployment)
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+
+
+def test_the_webhook_listener_is_exposed_alone_through_its_own_service_and_ingress() -> None:
+    deployment = setup("ha")["Deployment"]
+    exposed = setup("webhooks")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    ports = {port["name"]: port["containerPort"] for port in container(deployment)["ports"]}
+    env = environment(deployment)
+    assert env["BEM_WEBHOOK_LISTEN"]["value"] == f"0.0.0.0:{ports['http-webhooks']}"
+    assert env["BEM_WEBHOOK_SECRET_FILE"]["value"] == "/run/secrets/bem-exporter/webhook-secret"
+    assert "BEM_WEBHOOK_SECRET" not in env and "BEM_WEBHOOK_ALLOW_UNSIGNED" not in env
+    items = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v)["secret"]["items"]
+    assert {"key": "webhook-secret", "path": "webhook-secret"} in items
+    service = exposed["Service"]
+    assert service["metadata"]["name"] != setup("ha")["Service"]["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http-webhooks"]
+    rules = exposed["Ingress"]["spec"]["rules"]
+    paths = [path for rule in rules for path in rule["http"]["paths"]]
+    assert [(path["path"], path["pathType"]) for path in paths] == [("/webhook", "Exact")]
+    backend = paths[0]["backend"]["service"]
+    assert backend == {"name": service["metadata"]["name"], "port": {"name": "http-webhooks"}}
+    assert exposed["Ingress"]["spec"]["tls"], "bem posts to an https:// URL"
 
 
 @pytest.mark.parametrize("name", ["ha", "single"])

@@ -88,6 +88,38 @@ def test_the_listen_port_taken(api: str, tmp_path: Path) -> None:
     assert line(result, "check") == "check: FAILED (1 of 4); `run` would not work"
 
 
+def test_the_webhook_listener_is_bound_and_its_secret_masked(api: str, tmp_path: Path) -> None:
+    port = free_port()
+    secrets = "whsec-old-0123456789,whsec-new-9876543210"
+    result = check(api, tmp_path / "state.sqlite", BEM_WEBHOOK_LISTEN=f"127.0.0.1:{port}", BEM_WEBHOOK_SECRET=secrets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert line(result, "webhooks") == f"webhooks: ok (127.0.0.1:{port}, POST /webhook, 2 secrets)"
+    assert "  BEM_WEBHOOK_SECRET=*** (environment)" in result.stdout.splitlines()
+    assert "whsec" not in result.stdout + result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = check(api, tmp_path / "state.sqlite", BEM_WEBHOOK_LISTEN=f"127.0.0.1:{busy}", BEM_WEBHOOK_SECRET="s")
+    assert result.returncode == 1
+    assert line(result, "webhooks") == (
+        f"webhooks: FAILED: BEM_WEBHOOK_LISTEN: cannot listen on 127.0.0.1:{busy}: Address already in use"
+    )
+    assert line(result, "check") == "check: FAILED (1 of 5); `run` would not work"
+
+
+def test_a_webhook_listener_with_neither_a_secret_nor_unsigned_allowed_fails(api: str, tmp_path: Path) -> None:
+    result = check(api, tmp_path / "state.sqlite", BEM_WEBHOOK_LISTEN=f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("bem-exporter: error: BEM_WEBHOOK_SECRET: required")
+    unsigned = check(
+        api, tmp_path / "state.sqlite", BEM_WEBHOOK_LISTEN=f"127.0.0.1:{free_port()}", BEM_WEBHOOK_ALLOW_UNSIGNED="true"
+    )
+    assert unsigned.returncode == 0, unsigned.stdout + unsigned.stderr
+    assert line(unsigned, "webhooks").endswith(", POST /webhook, UNSIGNED deliveries accepted)")
+
+
 @contextlib.contextmanager
 def read_only(directory: Path) -> Iterator[str]:
     """`directory` made read-only; yields the error a write there meets. Root writes into a

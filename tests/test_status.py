@@ -27,6 +27,8 @@ from exporter.status import (
     check_trace_url,
     render_html,
 )
+from exporter.status.webhooks import WebhookBoard
+from exporter.webhooks import RESULTS
 from tests.status_helpers import API_KEY, PASSWORD, TRACE_URL, fed_board, finished_calls, serving
 from tests.test_metrics import make_call
 
@@ -50,6 +52,11 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
     board = fed_board(calls)
     board.set_canary(CanarySummary("canary-flow", "success", 12.5, 1_700_000_000.0, in_flight=False))
     board.set_backfill(BackfillProgress(until=1_699_990_000.0, reached=1_699_995_000.0, calls=40, done=False))
+    board.webhooks = WebhookBoard(RESULTS, "postgres", clock=lambda: 1_700_000_000.0)
+    board.webhooks.listening("http://127.0.0.1:9878/webhook")
+    for result, delay in (("accepted", 0.25), ("duplicate", None), ("bad_signature", None)):
+        board.webhooks.webhook_received(result, delay)
+    board.webhooks.hints_followed(read=3, counted=2, followed=1)
 
     async def scenario(url: str, client: httpx.AsyncClient) -> None:
         response = await client.get(f"{url}/status.json")
@@ -59,7 +66,15 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
         document = response.json()
         assert set(document) == {
             "schema", "version", "generated_at", "started_at", "role", "api", "backlog", "tracked",
-            "cycles", "calls", "canary", "backfill", "settings", "scrape", "quality",
+            "cycles", "calls", "canary", "backfill", "settings", "scrape", "quality", "webhooks",
+        }  # fmt: skip
+        assert document["webhooks"] == {
+            "url": "http://127.0.0.1:9878/webhook", "handover": "postgres",
+            "received": {"accepted": 1, "duplicate": 1, "bad_signature": 1, "stale": 0, "unsigned": 0,
+                         "malformed": 0, "too_large": 0},
+            "last_accepted_at": "2023-11-14T22:13:20.000Z", "last_delay_seconds": 0.25,
+            "last_refused": "bad_signature", "last_refused_at": "2023-11-14T22:13:20.000Z",
+            "followed": 1, "read": 3, "counted": 2,
         }  # fmt: skip
         assert document["quality"] is None, "no quality reader was started"
         assert (document["schema"], document["version"], document["role"]) == (1, "9.9.9", "single")
@@ -206,6 +221,18 @@ def test_role_is_shown(calls: list[FinishedCall]) -> None:
         assert '<b id="role">standby</b>' in (await client.get(f"{url}/status")).text
 
     serve(board, scenario)
+
+
+def test_the_webhook_section_is_shown_only_with_a_listener(calls: list[FinishedCall]) -> None:
+    board = fed_board(calls)
+    assert 'id="webhooks"' not in render_html(board.snapshot())
+    assert board.snapshot().webhooks is None
+    board.webhooks = WebhookBoard(RESULTS, "memory")
+    board.webhooks.webhook_received("accepted", 0.4)
+    board.webhooks.webhook_received("stale", None)
+    page = render_html(board.snapshot())
+    assert '<section id="webhooks">' in page and "in memory" in page
+    assert '<span id="webhooks-received">accepted 1, duplicate 0, bad_signature 0, stale 1,' in page
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """`bem-exporter check`: try everything `run` needs, change nothing, and say what is wrong.
 
 Each part is one line, `NAME: ok (...)` or `NAME: FAILED ...` naming the cause: the listen
-address (bound and released), the state (SQLite: the file opened read-only or created and
+address and the webhook listener's (bound and released), the state (SQLite: the file opened read-only or created and
 removed, the lock taken and released; PostgreSQL: reached and its leader lease read), the API
 with the key, the trace backend. Exit 0 only when `run` would find all of them working.
 """
@@ -20,7 +20,7 @@ from exporter.app import bem_client
 from exporter.bem.client import ApiError, ListQuery
 from exporter.bem.errors import api_host, describe, resolves
 from exporter.config import Settings
-from exporter.config.model import ApiSettings, MetricsSettings, StateSettings, TraceSettings
+from exporter.config.model import ApiSettings, MetricsSettings, StateSettings, TraceSettings, WebhookSettings
 from exporter.redact import safe_url
 from exporter.state.lease import Lease
 from exporter.state.lock import FileLock
@@ -44,6 +44,7 @@ async def check(settings: Settings) -> int:
         print(f"  {row.line()}")
     findings = [
         await listen_finding(settings.metrics),
+        *([await webhooks_finding(settings.webhooks)] if settings.webhooks.enabled else []),
         await state_finding(settings.state, settings.poll.state_path),
         await api_finding(settings.api),
         traces_finding(settings.traces),
@@ -63,15 +64,35 @@ def _say(finding: Finding) -> Finding:
 
 async def listen_finding(metrics: MetricsSettings) -> Finding:
     host, port = metrics.listen_host, metrics.listen_port
+    failure = await _bind_failure(host, port)
+    if failure is not None:
+        return _say(Finding(False, f"listen: FAILED: BEM_LISTEN: cannot listen on {host}:{port}: {failure}"))
+    return _say(Finding(True, f"listen: ok ({host}:{port})"))
+
+
+async def webhooks_finding(webhooks: WebhookSettings) -> Finding:
+    """The webhook listener's address, bound and released like the metrics one. (A listener
+    with neither a secret nor unsigned deliveries allowed never gets here: settings exit 2.)"""
+    host, port = webhooks.listen_host or "", webhooks.listen_port
+    failure = await _bind_failure(host, port)
+    if failure is not None:
+        line = f"webhooks: FAILED: BEM_WEBHOOK_LISTEN: cannot listen on {host}:{port}: {failure}"
+        return _say(Finding(False, line))
+    count = len(webhooks.secrets)
+    signing = f"{count} secret{'s' if count > 1 else ''}" if count else "UNSIGNED deliveries accepted"
+    return _say(Finding(True, f"webhooks: ok ({host}:{port}, POST /webhook, {signing})"))
+
+
+async def _bind_failure(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on, or None (bound and released at once, as `run`
+    binds it: asyncio sets SO_REUSEADDR the same way)."""
     try:
-        # What `run` does (asyncio sets SO_REUSEADDR the same way), released at once.
         server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
     except OSError as error:
-        reason = os.strerror(error.errno) if error.errno else str(error)
-        return _say(Finding(False, f"listen: FAILED: BEM_LISTEN: cannot listen on {host}:{port}: {reason}"))
+        return os.strerror(error.errno) if error.errno else str(error)
     server.close()
     await server.wait_closed()
-    return _say(Finding(True, f"listen: ok ({host}:{port})"))
+    return None
 
 
 # -- state -----------------------------------------------------------------------------------

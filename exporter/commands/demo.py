@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
 
+from exporter.app import bem_client
+from exporter.bem.subscriptions import create_subscription, list_functions, list_subscriptions
 from exporter.commands.run import run
-from exporter.config import CanarySettings, PollSettings, Secret, Settings
+from exporter.commands.subscribe import plan
+from exporter.config import ApiSettings, CanarySettings, PollSettings, Secret, Settings, WebhookSettings
 from exporter.pipeline import FinishedCall, SpanExporter
 from exporter.traces.tree import render_tree
+from exporter.webhooks import PATH as WEBHOOK_PATH
 
 TREES_PER_BATCH = 2
 """Trees printed per export batch: a sample a terminal can follow, not every call."""
@@ -32,9 +37,14 @@ class TreePrinter:
 
 
 async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
-    from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
+    from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer, Webhooks
 
-    simulator = Simulator(SimulatorConfig(seed=7, arrival_rate=simulator_rate, prefill=prefill, history=1800.0))
+    settings = replace(settings, webhooks=demo_webhooks(settings))
+    signing = settings.webhooks.secrets[0].get() if settings.webhooks.secrets else None
+    config = SimulatorConfig(
+        seed=7, arrival_rate=simulator_rate, prefill=prefill, history=1800.0, webhooks=Webhooks(secret=signing)
+    )
+    simulator = Simulator(config)
     simulator.config.quality.start_drift(DEMO_DRIFT_FUNCTION, DEMO_DRIFT_PER_HOUR, time.time())
     with SimulatorServer(simulator) as sim_url:
         settings = replace(settings, api=replace(settings.api, url=sim_url, key=_sim_key()))
@@ -45,12 +55,15 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
         if settings.traces.exporter == "otlp" and not settings.traces.endpoint_configured:
             spans = TreePrinter()
         host = settings.metrics.listen_host
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        shown = _shown(host)
+        hook = f"http://{_shown(settings.webhooks.listen_host or host)}:{settings.webhooks.listen_port}{WEBHOOK_PATH}"
+        subscribed = await subscribe_simulator(settings.api, hook)
         print(
             f"bem-exporter demo: simulated bem API at {sim_url}\n"
             f"  metrics:   http://{shown}:{settings.metrics.listen_port}/metrics\n"
             f"  readiness: http://{shown}:{settings.metrics.listen_port}/readyz\n"
             f"  status:    http://{shown}:{settings.metrics.listen_port}/status\n"
+            f"  webhooks:  {hook} ({subscribed} subscriptions of the simulated bem deliver there, signed)\n"
             + (
                 f"  traces:    a sample printed below as trees ({TREES_PER_BATCH} per batch of finished calls; "
                 "every call is counted); set OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 "
@@ -64,6 +77,46 @@ async def demo(settings: Settings, simulator_rate: float, prefill: int) -> int:
             flush=True,
         )
         return await run(settings, spans)
+
+
+def demo_webhooks(settings: Settings) -> WebhookSettings:
+    """The demo runs with webhooks on: the listener the settings name, or one beside the
+    metrics listener (its port plus one, or any free one) with the simulator's secret."""
+    from exporter.simulator import DEMO_WEBHOOK_SECRET
+
+    if settings.webhooks.enabled:
+        return settings.webhooks
+    host, port = settings.metrics.listen_host, settings.metrics.listen_port
+    chosen = _free_port(host, port + 1 if port else 0)
+    return replace(settings.webhooks, listen_host=host, listen_port=chosen, secrets=(Secret(DEMO_WEBHOOK_SECRET),))
+
+
+async def subscribe_simulator(api: ApiSettings, url: str) -> int:
+    """What `bem-exporter subscribe --url URL --apply` does, quietly: every function's output
+    and errors delivered to `url`; how many subscriptions deliver there."""
+    async with bem_client(api) as client:
+        functions = await list_functions(client, api.workflows)
+        existing = await list_subscriptions(client)
+        wanted = plan(functions.records, existing.records, url)
+        for missing in wanted.missing:
+            await create_subscription(client, missing.name, missing.type, missing.function.name, url)
+    return len(wanted.missing) + len(wanted.present)
+
+
+def _free_port(host: str, preferred: int) -> int:
+    """`preferred` if it can be bound on `host` now, else a port the system picks."""
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError(f"BEM_WEBHOOK_LISTEN: no port free on {host}")
+
+
+def _shown(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
 DEMO_DRIFT_FUNCTION = "extract-invoice"

@@ -7,15 +7,19 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from exporter import __version__
 from exporter.app import Exporter, log_cycle, open_exporter
 from exporter.config import Settings
 from exporter.pipeline import CycleReport, SpanExporter
+from exporter.poll.hints import HintQueue
 from exporter.redact import safe_url
 from exporter.server import HttpServer
 from exporter.state import StateError, StateWriteError
 from exporter.status import SettingRow, StatusBoard
+from exporter.webhooks import PATH as WEBHOOK_PATH
 
 log = logging.getLogger("exporter")
 
@@ -51,14 +55,30 @@ async def _serve(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) -
     settings = exporter.settings
     server = HttpServer(settings.metrics, exporter.metrics, exporter.ready, status)
     url = await server.start()
-    log.info("bem-exporter running", extra={"metrics": f"{url}/metrics", "api": safe_url(settings.api.url)})
     try:
+        webhooks = await _listen_for_webhooks(exporter)
+        log.info(
+            "bem-exporter running",
+            extra={"metrics": f"{url}/metrics", "api": safe_url(settings.api.url), **webhooks},
+        )
         if exporter.leadership.replicated:
             await _replicate(exporter, stop, status)
         else:
             await _lead(exporter, stop, status)
     finally:
+        if exporter.webhooks is not None:
+            await exporter.webhooks.stop()
         await server.stop()
+
+
+async def _listen_for_webhooks(exporter: Exporter) -> dict[str, str]:
+    """Start the webhook listener, if there is one; its URL for the start line."""
+    if exporter.webhooks is None:
+        return {}
+    url = f"{await exporter.webhooks.start()}{WEBHOOK_PATH}"
+    if exporter.webhook_board is not None:
+        exporter.webhook_board.listening(url)
+    return {"webhooks": url}
 
 
 async def _replicate(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) -> None:
@@ -120,6 +140,7 @@ async def _lead(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) ->
     quality = asyncio.create_task(exporter.quality.run()) if exporter.quality is not None else None
     polling = asyncio.create_task(_poll_until(exporter, stop, status))
     lost = asyncio.create_task(exporter.leadership.lost()) if exporter.leadership.replicated else None
+    relay = asyncio.create_task(exporter.hint_relay.run()) if exporter.hint_relay is not None else None
     reason: str | None = None
     try:
         await asyncio.wait({polling} | ({lost} if lost else set()), return_when=asyncio.FIRST_COMPLETED)
@@ -127,6 +148,8 @@ async def _lead(exporter: Exporter, stop: asyncio.Event, status: StatusBoard) ->
             reason = lost.result()
     finally:
         term.set()
+        if relay is not None:
+            await _cancel(relay)
         if quality is not None:
             await _cancel(quality)
         for task in (polling, lost):
@@ -144,22 +167,84 @@ async def _poll_until(exporter: Exporter, stop: asyncio.Event, status: StatusBoa
     interval = exporter.settings.poll.interval
     while not stop.is_set():
         started = time.monotonic()
-        cycle = asyncio.create_task(exporter.cycle())
-        try:
-            if not await _finish_cycle(exporter, cycle, stop):
-                return
-        finally:
-            if not cycle.done():
-                cycle.cancel()  # this task was cancelled (the lease was lost): so is its cycle
-                await asyncio.gather(cycle, return_exceptions=True)
+        cycle = await _step(exporter, exporter.cycle(), stop)
+        if cycle is None:
+            return
         _log_cycle_result(cycle)
         if not cycle.cancelled() and cycle.exception() is None:
             status.cycle_done(cycle.result())
         if exporter.leadership.replicated and not exporter.poller.state_ok:
             await _reload_after_failure(exporter)
-        remaining = interval - (time.monotonic() - started)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=max(remaining, 0.0))
+        if not await _between_cycles(exporter, stop, started + interval):
+            return
+
+
+async def _step(
+    exporter: Exporter, work: Coroutine[Any, Any, CycleReport], stop: asyncio.Event
+) -> asyncio.Task[CycleReport] | None:
+    """Run a cycle (or a hinted step) as a task; on a stop, give it the grace period. None when
+    it was abandoned."""
+    task = asyncio.create_task(work)
+    try:
+        if not await _finish_cycle(exporter, task, stop):
+            return None
+    finally:
+        if not task.done():
+            task.cancel()  # this task was cancelled (the lease was lost): so is its step
+            await asyncio.gather(task, return_exceptions=True)
+    return task
+
+
+async def _between_cycles(exporter: Exporter, stop: asyncio.Event, next_cycle: float) -> bool:
+    """Wait for the next cycle; meanwhile follow webhook hints as they come due, in this task
+    (so never interleaved with a batch). False when a step was abandoned on a stop."""
+    hints = exporter.poller.hints
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= next_cycle:
+            return True
+        due = hints.next_due() if hints is not None else None
+        if due is not None and due <= now:
+            step = await _step(exporter, exporter.follow_hints(), stop)
+            if step is None:
+                return False
+            _log_hinted_step(step)
+            continue
+        wake = next_cycle if due is None else min(due, next_cycle)
+        await _wait_for_any(stop, hints, wake - now)
+    return True
+
+
+async def _wait_for_any(stop: asyncio.Event, hints: HintQueue | None, timeout: float) -> None:
+    """Until stopped, a hint arrives, or `timeout` seconds passed."""
+    waits: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait())}
+    if hints is not None:
+        waits.add(asyncio.create_task(hints.wait(timeout)))
+    try:
+        await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+def _log_hinted_step(step: asyncio.Task[CycleReport]) -> None:
+    if step.cancelled():
+        return
+    failure = step.exception()
+    if failure is not None:
+        log.error("reading calls webhooks named crashed", extra={"error": f"{type(failure).__name__}: {failure}"})
+        return
+    report = step.result()
+    log.debug(
+        "followed webhook hints",
+        extra={
+            "refreshed": report.refreshed,
+            "discovered": report.discovered,
+            "counted": report.counted,
+            "error": report.error,
+        },
+    )
 
 
 async def _reload_after_failure(exporter: Exporter) -> None:

@@ -26,6 +26,7 @@ from exporter.config.model import (
     StateSettings,
     StatusSettings,
     TraceSettings,
+    WebhookSettings,
 )
 from exporter.config.parse import SettingsError, parse_duration, parse_size
 
@@ -44,6 +45,7 @@ __all__ = [
     "StateSettings",
     "StatusSettings",
     "TraceSettings",
+    "WebhookSettings",
     "load_settings",
     "parse_duration",
     "parse_size",

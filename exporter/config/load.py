@@ -22,6 +22,7 @@ from exporter.config.model import (
     StateSettings,
     StatusSettings,
     TraceSettings,
+    WebhookSettings,
 )
 from exporter.config.parse import SettingsError
 from exporter.config.resolve import PRECEDENCE, Values, load_config_file, resolve
@@ -42,12 +43,14 @@ def load_settings(
     file = load_config_file(config_file) if config_file else {}
     values = Values(resolve(flags or {}, os.environ if environ is None else environ, file))
     poll = _poll(values)
+    metrics = _metrics(values)
     settings = Settings(
         api=_api(values, require_key),
         poll=poll,
         state=_state(values),
         canary=_canary(values, poll.interval),
-        metrics=_metrics(values),
+        metrics=metrics,
+        webhooks=_webhooks(values, metrics),
         status=StatusSettings(trace_url=values.optional(t.TRACE_URL)),
         traces=_traces(values),
         log_level=values.get(t.LOG_LEVEL),
@@ -145,6 +148,47 @@ def _metrics(values: Values) -> MetricsSettings:
         tls_cert_file=cert,
         tls_key_file=key,
     )
+
+
+def _webhooks(values: Values, metrics: MetricsSettings) -> WebhookSettings:
+    """The listener needs a secret, or unsigned deliveries allowed explicitly (never both)."""
+    secrets = _webhook_secrets(values)
+    allow_unsigned = values.get(t.WEBHOOK_ALLOW_UNSIGNED)
+    tolerance = values.get(t.WEBHOOK_TOLERANCE)
+    listen = values.optional(t.WEBHOOK_LISTEN)
+    if listen is None:
+        for row in (t.WEBHOOK_SECRET, t.WEBHOOK_SECRET_FILE):
+            if values.is_set(row):
+                raise SettingsError(f"{row.env}: has no effect without BEM_WEBHOOK_LISTEN")
+        return WebhookSettings(tolerance=tolerance)
+    if secrets and allow_unsigned:
+        raise SettingsError(
+            "BEM_WEBHOOK_ALLOW_UNSIGNED: only without BEM_WEBHOOK_SECRET (a secret means every delivery must be signed)"
+        )
+    if not secrets and not allow_unsigned:
+        raise SettingsError(
+            "BEM_WEBHOOK_SECRET: required with BEM_WEBHOOK_LISTEN (or BEM_WEBHOOK_SECRET_FILE; "
+            "BEM_WEBHOOK_ALLOW_UNSIGNED=true to accept unsigned deliveries)"
+        )
+    host, port = listen
+    if port == metrics.listen_port and port != 0 and _same_host(host, metrics.listen_host):
+        raise SettingsError(
+            f"BEM_WEBHOOK_LISTEN: {host}:{port} is BEM_LISTEN's address; the webhook listener needs its own port"
+        )
+    return WebhookSettings(host, port, secrets, allow_unsigned, tolerance)
+
+
+def _webhook_secrets(values: Values) -> tuple[Secret, ...]:
+    """The secret or the secret file, whichever comes from the stronger source (as the API key)."""
+    given = [row for row in (t.WEBHOOK_SECRET, t.WEBHOOK_SECRET_FILE) if values.is_set(row)]
+    if not given:
+        return ()
+    return values.get(min(given, key=lambda row: PRECEDENCE.index(values.raw(row).source)))
+
+
+def _same_host(first: str, second: str) -> bool:
+    wildcard = ("", "0.0.0.0", "::")
+    return first == second or first in wildcard or second in wildcard
 
 
 def _tls(values: Values) -> tuple[str | None, str | None]:

@@ -145,6 +145,25 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """The webhook listener (`exporter.webhooks`); TLS comes from `MetricsSettings`."""
+
+    listen_host: str | None = None
+    """None: no listener."""
+    listen_port: int = 0
+    secrets: tuple[Secret, ...] = ()
+    """Every secret a signature may be made with (more than one during a rotation)."""
+    allow_unsigned: bool = False
+    """Accept deliveries without `bem-signature` (only with no secret)."""
+    tolerance: float = 300.0
+    """Seconds a signature's timestamp may be from now."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen_host is not None
+
+
+@dataclass(frozen=True)
 class StatusSettings:
     trace_url: str | None = None
     """A link template holding `{trace_id}`; None: trace ids are shown without a link."""
@@ -198,6 +217,7 @@ class Settings:
     state: StateSettings = field(default_factory=StateSettings)
     canary: CanarySettings = field(default_factory=CanarySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     status: StatusSettings = field(default_factory=StatusSettings)
     traces: TraceSettings = field(default_factory=TraceSettings)
     log_level: LogLevel = "info"
@@ -208,4 +228,4 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """The secret values the logs must mask."""
         held = (self.api.key, self.state.password, self.metrics.basic_auth and self.metrics.basic_auth.password)
-        return tuple(secret.get() for secret in held if secret)
+        return tuple(secret.get() for secret in (*held, *self.webhooks.secrets) if secret)

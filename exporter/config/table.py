@@ -7,6 +7,7 @@ it, how its value may be shown, and the text of `--help` and docs/configuration.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
@@ -26,13 +27,14 @@ from exporter.config.parse import SettingsError
 
 T = TypeVar("T")
 
-Section = Literal["api", "poll", "state", "canary", "server", "traces", "logs"]
+Section = Literal["api", "poll", "state", "canary", "server", "webhooks", "traces", "logs"]
 SECTIONS: dict[Section, str] = {
     "api": "bem API",
     "poll": "Polling",
     "state": "State and high availability",
     "canary": "Synthetic canary",
     "server": "HTTP server and metrics",
+    "webhooks": "Webhooks",
     "traces": "Traces (OpenTelemetry)",
     "logs": "Logs",
 }
@@ -103,6 +105,19 @@ def _basic_auth_file(name: str, path: str) -> BasicAuth:
     if not sep or not user or not password:
         raise SettingsError(f"{name}: must hold one line `username:password`")
     return BasicAuth(user, Secret(password))
+
+
+def _webhook_secrets(name: str, raw: str) -> tuple[Secret, ...]:
+    """Secrets separated by commas or newlines (several during a rotation); never echoed."""
+    parts = [part.strip() for part in re.split(r"[,\n]", raw)]
+    secrets = [part for part in parts if part]
+    if not secrets or any(any(c.isspace() for c in secret) for secret in secrets):
+        raise SettingsError(f"{name}: holds no secret, or a secret with white space inside")
+    return tuple(Secret(secret) for secret in secrets)
+
+
+def _webhook_secrets_file(name: str, path: str) -> tuple[Secret, ...]:
+    return _webhook_secrets(name, parse.read_text_file(name, path))
 
 
 def _duration_or_off(name: str, raw: str) -> float:
@@ -274,7 +289,7 @@ METRICS_BASIC_AUTH_FILE = Setting(
 )
 TLS_CERT_FILE = Setting(
     env="BEM_TLS_CERT_FILE", key="tls_cert_file", section="server", metavar="FILE", parse=parse.readable_file,
-    help="serve HTTPS with this certificate (with `BEM_TLS_KEY_FILE`)",
+    help="serve HTTPS with this certificate (with `BEM_TLS_KEY_FILE`), on the webhook listener too",
 )
 TLS_KEY_FILE = Setting(
     env="BEM_TLS_KEY_FILE", key="tls_key_file", section="server", metavar="FILE", parse=parse.readable_file,
@@ -284,6 +299,34 @@ TRACE_URL = Setting(
     env="BEM_TRACE_URL", key="trace_url", section="server", metavar="URL", shown="url",
     parse=parse.trace_url_template, unset="none (no link)", help="link from `/status` to a trace: an http(s) URL "
     "template holding `{trace_id}`, e.g. a Grafana Explore link",
+)
+
+# --- Webhooks -------------------------------------------------------------------------------------
+WEBHOOK_LISTEN = Setting(
+    env="BEM_WEBHOOK_LISTEN", key="webhook_listen", section="webhooks", metavar="HOST:PORT",
+    parse=parse.listen_address, unset="none (no listener)", help="`host:port` of a second listener that "
+    "answers only `POST /webhook` (bem's signed deliveries), to be exposed to bem while `/metrics` and "
+    "`/status` stay private; TLS as `BEM_TLS_CERT_FILE` sets it",
+)
+WEBHOOK_SECRET = Setting(
+    env="BEM_WEBHOOK_SECRET", key="webhook_secret", flag=False, section="webhooks", shown="secret",
+    parse=_webhook_secrets, unset="required with the listener (or `BEM_WEBHOOK_ALLOW_UNSIGNED`)",
+    help="bem's webhook signing secret; several, separated by commas or newlines, are all accepted "
+    "(rotation); never printed; no flag, as every user of the machine sees command lines",
+)
+WEBHOOK_SECRET_FILE = Setting(
+    env="BEM_WEBHOOK_SECRET_FILE", key="webhook_secret_file", section="webhooks", metavar="FILE",
+    parse=_webhook_secrets_file, help="file holding the webhook secret(s), one per line (Kubernetes secrets)",
+)
+WEBHOOK_ALLOW_UNSIGNED = Setting(
+    env="BEM_WEBHOOK_ALLOW_UNSIGNED", key="webhook_allow_unsigned", section="webhooks", metavar="BOOL",
+    parse=parse.boolean, default="false", help="`true` accepts deliveries without `bem-signature`; only "
+    "without a secret (bem sends unsigned deliveries while no signing secret exists)",
+)
+WEBHOOK_TOLERANCE = Setting(
+    env="BEM_WEBHOOK_TOLERANCE", key="webhook_tolerance", section="webhooks", metavar="DURATION",
+    parse=parse.parse_duration, default="5m", help="how far a signature's `t=` may be from now; older "
+    "or later deliveries are answered 401 (replays)",
 )
 
 # --- Traces (OpenTelemetry) -----------------------------------------------------------------------
@@ -365,6 +408,7 @@ ROWS: tuple[Row, ...] = (
     CANARY_WORKFLOW, CANARY_FILE, CANARY_INTERVAL, CANARY_TIMEOUT,
     LISTEN, CALL_BUCKETS, FUNCTION_BUCKETS, METRICS_WORKFLOWS, METRICS_FUNCTIONS, METRICS_MAX_LABEL_VALUES,
     MAX_SERIES_PER_METRIC, MAX_SCRAPE_SAMPLES, METRICS_BASIC_AUTH_FILE, TLS_CERT_FILE, TLS_KEY_FILE, TRACE_URL,
+    WEBHOOK_LISTEN, WEBHOOK_SECRET, WEBHOOK_SECRET_FILE, WEBHOOK_ALLOW_UNSIGNED, WEBHOOK_TOLERANCE,
     TRACES_EXPORTER, OTLP_TRACES_ENDPOINT, OTLP_ENDPOINT, OTLP_PROTOCOL, OTLP_HEADERS, OTLP_TIMEOUT, OTLP_INSECURE,
     SERVICE_NAME, RESOURCE_ATTRIBUTES, SEMCONV_STABILITY_OPT_IN, EXPORT_ERROR_MESSAGES, SPAN_BACKLOG,
     OTLP_MAX_REQUEST_BYTES,

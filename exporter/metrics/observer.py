@@ -73,6 +73,8 @@ SERIES_OVERFLOW: Final = "series"
 """The `label` value of `bem_exporter_label_overflow_total` for series folded into `other`
 because their family reached its series cap (not a label name: it counts whole series)."""
 EXPECTED_CODES: Final = ("200", "401", "429", "500", "502", "503", "504", "error")
+WEBHOOK_DELAY_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+"""From seconds (a live delivery) to an hour (bem's retries after an outage of the listener)."""
 
 
 class SelfMetrics:
@@ -289,6 +291,41 @@ class SelfMetrics:
             ["workflow_name"],
             registry=r,
         )
+
+    def expect_webhooks(self, results: Sequence[str]) -> None:
+        """The webhook listener is on: its series exist, every result at zero (without a
+        listener they stay absent, which `BemWebhooksSilent` relies on)."""
+        r = self.registry
+        self._webhooks = Counter(
+            "bem_exporter_webhooks_received_total",
+            "Webhook deliveries received, by result (accepted, duplicate, bad_signature, stale, unsigned, "
+            "malformed, too_large).",
+            ["result"],
+            registry=r,
+        )
+        for result in results:
+            self._webhooks.labels(result)
+        self._webhook_delay = Histogram(
+            "bem_exporter_webhook_delay_seconds",
+            "Time from an accepted event's createdAt to its receipt by this replica.",
+            buckets=WEBHOOK_DELAY_BUCKETS,
+            unit="seconds",
+            registry=r,
+        )
+        self._webhook_counted = Counter(
+            "bem_exporter_webhook_counted_calls_total",
+            "Finished calls counted by a read or a listing that a webhook brought forward (the poll counts "
+            "the rest; each call is counted once either way).",
+            registry=r,
+        )
+
+    def webhook_received(self, result: str, delay: float | None) -> None:
+        self._webhooks.labels(result).inc()
+        if delay is not None:
+            self._webhook_delay.observe(delay)
+
+    def webhook_counted(self, calls: int) -> None:
+        self._webhook_counted.inc(calls)
 
     def _register_quality(self) -> None:
         """Registered by `expect_quality`, when quality reads are on."""

@@ -18,6 +18,8 @@ from exporter.health import HealthLog
 from exporter.pipeline import CallRecorder, CycleReport, Handoff, Observer
 from exporter.poll.batch import Batch
 from exporter.poll.discovery import Discovery
+from exporter.poll.hinted import HintedReads
+from exporter.poll.hints import HintQueue
 from exporter.poll.listing import Listing
 from exporter.poll.position import Position
 from exporter.poll.progress import Listener
@@ -42,6 +44,7 @@ class PollLoop:
         clock: Callable[[], float] = time.time,
         api_host: str | None = None,
         progress: Sequence[Listener] = (),
+        hints: HintQueue | None = None,
     ) -> None:
         self._store = store
         self._recorders = recorders
@@ -51,6 +54,9 @@ class PollLoop:
         self._batch = Batch(store, recorders, ApiTraces(client), handoff, Position())
         self._discovery = Discovery(self._listing, self._batch, store, settings, workflows, clock, progress)
         self._refresh = Refresh(client, self._batch, observer, settings, clock)
+        self.hints = hints
+        """Calls webhooks named (None: no webhook listener); `follow_hints` reads them."""
+        self._hinted = None if hints is None else HintedReads(client, self._batch, store, hints, workflows)
         self._state = HealthLog(log, "state write")
         self._loaded = False
 
@@ -86,6 +92,8 @@ class PollLoop:
         started = time.monotonic()
         report = CycleReport()
         self._batch.in_progress = {}
+        if self.hints is not None:
+            self.hints.listed()
         listed = await self._run_parts(report)
         report.ok = listed and self.state_ok
         if report.ok:
@@ -119,6 +127,35 @@ class PollLoop:
         self._listing.cycle_ended(True, None)
         self._writable_if_committed(commits)
         return True
+
+    async def follow_hints(self) -> CycleReport:
+        """Between cycles, in the same task: read the calls webhooks named that are due, and
+        list early when asked. Counted calls go through the same batch commit as the poll's; a
+        failure leaves them to the next step or cycle (logged by the next cycle if it lasts)."""
+        assert self.hints is not None and self._hinted is not None, "no webhook hints to follow"
+        started = time.monotonic()
+        report = CycleReport()
+        call_ids, listing = self.hints.take_due()
+        commits = self._batch.commits
+        try:
+            if not self._loaded:
+                await self.reload()
+            if call_ids:
+                await self._hinted.read(call_ids, report)
+            if listing:
+                await self._discovery.run(report)
+        except ApiError as failure:
+            report.error = self._listing.describe(failure)
+        except (StateError, StateWriteError) as failure:
+            report.error = f"state write failing: {failure}"
+            self._state.failing(str(failure), level=logging.ERROR)
+        self._writable_if_committed(commits)
+        report.ok = report.error is None
+        if report.ok and report.counted:
+            self._observer.in_progress(list(self._batch.in_progress.values()), self._clock())
+        report.duration_seconds = time.monotonic() - started
+        report.tracked = self.tracked
+        return report
 
     def _writable_if_committed(self, commits_before: int) -> None:
         if self._batch.commits > commits_before:

@@ -38,6 +38,7 @@ from exporter.state.postgres_connect import (
     open_pool,
     parse_target,
 )
+from exporter.state.postgres_hints import SharedHints
 from exporter.state.postgres_schema import migrate
 from exporter.state.store import Backfill, Changes, StateError, StateWriteError, Stored
 
@@ -48,8 +49,10 @@ POOL_SIZE = 4
 
 
 class PostgresStore:
-    def __init__(self, pool: Pool, target: Target, lease: Lease) -> None:
+    def __init__(self, pool: Pool, target: Target, lease: Lease, hints: SharedHints) -> None:
         self.lease = lease
+        self.hints = hints
+        """Webhook hints from any replica to the leader."""
         self._pool = pool
         self._target = target
         self._in_doubt = False
@@ -64,7 +67,8 @@ class PostgresStore:
         `unavailable` when the database cannot be reached now: open again later."""
         target = parse_target(url, password)
         timeouts = Timeouts(lease_duration)
-        pool = await open_pool(target, connection_kwargs(target, timeouts), POOL_SIZE, timeouts.wait)
+        kwargs = connection_kwargs(target, timeouts)
+        pool = await open_pool(target, kwargs, POOL_SIZE, timeouts.wait)
         try:
             async with pool.connection() as connection:
                 await migrate(connection, target.shown)
@@ -76,7 +80,8 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, target, Lease(pool, target, lease_duration, holder))
+        lease = Lease(pool, target, lease_duration, holder)
+        return cls(pool, target, lease, SharedHints(pool, target, lease, kwargs))
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ upgrade is all or nothing) under an advisory lock, so replicas starting together
 A database written by a newer bem-exporter is refused, never altered: a rolling upgrade starts
 the new version's pods, which migrate, and the old ones then stop at their next start.
 
-Version 1 holds the same data as the SQLite engine's version 2, plus the leader lease.
+Version 1 holds the same data as the SQLite engine's version 2, plus the leader lease; version
+2 adds the webhook hints that replicas hand to the leader.
 """
 
 from __future__ import annotations
@@ -39,7 +40,18 @@ _CREATE: tuple[LiteralString, ...] = (
     )""",
 )
 
-MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (_CREATE,)
+_HINTS: tuple[LiteralString, ...] = (
+    # Webhook hints from any replica to the leader (exporter/state/postgres_hints.py).
+    """CREATE TABLE bem_hints (
+        event_id text PRIMARY KEY,
+        call_id text,
+        received_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        taken boolean NOT NULL DEFAULT false
+    )""",
+    "CREATE INDEX bem_hints_waiting ON bem_hints (received_at) WHERE NOT taken",
+)
+
+MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (_CREATE, _HINTS)
 """`MIGRATIONS[n]`: the statements that take the database from version n to n + 1."""
 SCHEMA_VERSION = len(MIGRATIONS)
 _LOCK_KEY = 0x62656D5F73746174  # "bem_stat": one advisory lock for every replica's migration

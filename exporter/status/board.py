@@ -19,6 +19,7 @@ from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
 from exporter.quality.records import QualityResult
 from exporter.redact import MASK, redact_text
+from exporter.status.webhooks import WebhookBoard, WebhookSummary
 
 Role = Literal["single", "leader", "standby"]
 SettingSource = Literal["flag", "environment", "file", "default"]
@@ -157,6 +158,8 @@ class StatusSnapshot:
     settings: tuple[SettingRow, ...]
     trace_url: str | None
     scrape: ScrapeSummary | None = None
+    webhooks: WebhookSummary | None = None
+    """None: no webhook listener."""
     quality: QualitySummary | None = None
     """None when quality reads are off (`BEM_QUALITY_INTERVAL=0`) or not started."""
 
@@ -201,6 +204,8 @@ class StatusBoard:
         self._backfill: BackfillProgress | None = None
         self._scrape: ScrapeSummary | None = None
         self._settings: tuple[SettingRow, ...] = ()
+        self.webhooks: WebhookBoard | None = None
+        """The webhook section, when the listener is on (set by the wiring)."""
         self._quality: QualitySummary | None = None
 
     def set_role(self, role: Role) -> None:
@@ -268,6 +273,7 @@ class StatusBoard:
     def set_scrape(self, scrape: ScrapeSummary) -> None:
         with self._lock:
             self._scrape = scrape
+
     def set_quality(self, quality: QualitySummary | None) -> None:
         """The quality reader's state; its error text is redacted here like the API's."""
         if quality is not None and quality.last_error is not None:
@@ -292,6 +298,7 @@ class StatusBoard:
                 settings=self._settings,
                 trace_url=self._trace_url,
                 scrape=self._scrape,
+                webhooks=self.webhooks.summary() if self.webhooks is not None else None,
                 quality=self._quality,
             )
 

@@ -18,6 +18,7 @@ from exporter.status.board import (
     SettingRow,
     StatusSnapshot,
 )
+from exporter.status.webhooks import WebhookSummary
 
 SCHEMA = 1
 
@@ -42,6 +43,7 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, Any]:
         "backfill": _backfill(snapshot.backfill) if snapshot.backfill else None,
         "scrape": _scrape(snapshot.scrape) if snapshot.scrape else None,
         "settings": [_setting(row) for row in snapshot.settings],
+        "webhooks": _webhooks(snapshot.webhooks) if snapshot.webhooks else None,
         "quality": _quality(snapshot.quality) if snapshot.quality else None,
     }
 
@@ -139,3 +141,19 @@ def _quality(quality: QualitySummary) -> dict[str, Any]:
 
 def _setting(row: SettingRow) -> dict[str, Any]:
     return {"name": row.name, "value": row.value, "source": row.source, "secret": row.secret}
+
+
+def _webhooks(summary: WebhookSummary) -> dict[str, Any]:
+    delay = summary.last_delay_seconds
+    return {
+        "url": summary.url,
+        "handover": summary.handover,
+        "received": dict(summary.received),
+        "last_accepted_at": iso(summary.last_accepted_at),
+        "last_delay_seconds": round(delay, 3) if delay is not None else None,
+        "last_refused": summary.last_refused,
+        "last_refused_at": iso(summary.last_refused_at),
+        "followed": summary.followed,
+        "read": summary.read,
+        "counted": summary.counted,
+    }

@@ -22,6 +22,7 @@ from exporter.status.board import (
     StatusSnapshot,
 )
 from exporter.status.document import iso
+from exporter.status.webhooks import WebhookSummary
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 REFRESH_SECONDS = 15
@@ -59,6 +60,7 @@ def render_html(snapshot: StatusSnapshot) -> str:
             _tiles(snapshot),
             _api_section(snapshot.api),
             _canary_section(snapshot.canary),
+            _webhooks_section(snapshot.webhooks),
             _quality_section(snapshot.quality),
             _backfill_section(snapshot.backfill),
             _calls_section(snapshot),
@@ -122,6 +124,25 @@ def _canary_section(canary: CanarySummary | None) -> str:
         ("in flight", "yes" if canary.in_flight else "no"),
     )
     return f'<section id="canary"><h2>Canary</h2>{_pairs(rows)}</section>'
+
+
+def _webhooks_section(summary: WebhookSummary | None) -> str:
+    if summary is None:
+        return ""
+    received = ", ".join(f"{result} {count}" for result, count in summary.received)
+    refused = f"{_e(summary.last_refused)}, {_time(summary.last_refused_at)}" if summary.last_refused else "never"
+    rows = (
+        ("listener", f"<code>{_e(summary.url or 'not listening')}</code>"),
+        ("hand-over", _e("through the shared state" if summary.handover == "postgres" else "in memory")),
+        ("received", f'<span id="webhooks-received">{_e(received)}</span>'),
+        ("last accepted", _time(summary.last_accepted_at)),
+        ("its delay", _seconds(summary.last_delay_seconds)),
+        ("last refused", refused),
+        ("calls followed now", _e(summary.followed)),
+        ("calls read for them", _e(summary.read)),
+        ("calls counted sooner", _e(summary.counted)),
+    )
+    return f'<section id="webhooks"><h2>Webhooks</h2>{_pairs(rows)}</section>'
 
 
 def _quality_section(quality: QualitySummary | None) -> str:

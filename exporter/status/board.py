@@ -11,10 +11,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
+from exporter.bem.ratelimit import RateDecision, RateState
 from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
 from exporter.redact import MASK, redact_text
@@ -96,6 +97,19 @@ class BackfillProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class RateSummary:
+    """The adaptive request rate: where it stands, and the last decision that moved it."""
+
+    state: RateState
+    requests_per_second: float | None
+    """None until the first request."""
+    limit_found: float | None
+    last_decision: RateDecision | None
+    last_decision_at: float | None
+    """Epoch seconds."""
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """One consistent view of the board, what both renderers take."""
 
@@ -114,6 +128,7 @@ class StatusSnapshot:
     backfill: BackfillProgress | None
     settings: tuple[SettingRow, ...]
     trace_url: str | None
+    rate: RateSummary
 
     def trace_link(self, trace_id: str) -> str | None:
         return self.trace_url.replace(TRACE_ID_PLACEHOLDER, trace_id) if self.trace_url else None
@@ -155,6 +170,7 @@ class StatusBoard:
         self._canary: CanarySummary | None = None
         self._backfill: BackfillProgress | None = None
         self._settings: tuple[SettingRow, ...] = ()
+        self._rate = RateSummary("starting", None, None, None, None)
 
     def set_role(self, role: Role) -> None:
         with self._lock:
@@ -218,6 +234,15 @@ class StatusBoard:
         with self._lock:
             self._backfill = progress
 
+    def rate_changed(self, requests_per_second: float) -> None:
+        with self._lock:
+            self._rate = replace(self._rate, requests_per_second=requests_per_second)
+
+    def rate_decided(self, decision: RateDecision) -> None:
+        now = self._clock()
+        with self._lock:
+            self._rate = RateSummary(decision.state, decision.rate, decision.limit, decision, now)
+
     def snapshot(self) -> StatusSnapshot:
         with self._lock:
             return StatusSnapshot(
@@ -234,6 +259,7 @@ class StatusBoard:
                 backfill=self._backfill,
                 settings=self._settings,
                 trace_url=self._trace_url,
+                rate=self._rate,
             )
 
 

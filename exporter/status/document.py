@@ -13,6 +13,7 @@ from exporter.status.board import (
     CallLine,
     CanarySummary,
     CycleFigures,
+    RateSummary,
     SettingRow,
     StatusSnapshot,
 )
@@ -38,6 +39,7 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, Any]:
         "calls": [_call(call, snapshot.trace_link(call.trace_id)) for call in snapshot.calls],
         "canary": _canary(snapshot.canary) if snapshot.canary else None,
         "backfill": _backfill(snapshot.backfill) if snapshot.backfill else None,
+        "rate": _rate(snapshot.rate),
         "settings": [_setting(row) for row in snapshot.settings],
     }
 
@@ -106,6 +108,28 @@ def _backfill(progress: BackfillProgress) -> dict[str, Any]:
         "calls": progress.calls,
         "done": progress.done,
     }
+
+
+def _rate(rate: RateSummary) -> dict[str, Any]:
+    last = rate.last_decision
+    return {
+        "state": rate.state,
+        "requests_per_second": _rounded(rate.requests_per_second),
+        "limit_found": _rounded(rate.limit_found),
+        "last_decision": None
+        if last is None
+        else {
+            "kind": last.kind,
+            "at": iso(rate.last_decision_at),
+            "reason": last.reason,
+            "rate_before": _rounded(last.rate_before),
+            "rate": _rounded(last.rate),
+        },
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _setting(row: SettingRow) -> dict[str, Any]:

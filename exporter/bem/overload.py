@@ -4,9 +4,10 @@ A rate limit lets about the same number of requests through per second whatever 
 sends; a storm (an API under load) refuses the same share whatever it sends. The judge reads
 each answer against the last WINDOW answers and gives a verdict when one is due:
 
-- **cut**: a 429 to a request started after the last cut. The rate goes to CUT_MARGIN of
-  what got through (the share of the last WINDOW answers that got through, times the rate),
-  and at most halves.
+- **cut**: a 429 to a request started after the last cut (for the very first cut, a second
+  429 among the last WINDOW answers, unless the first asked for a pause). The rate goes to
+  CUT_MARGIN of what got through (the share of the last WINDOW answers that got through,
+  times the rate), and at most halves.
 - **limit**: of the WINDOW answers to requests started after a cut, fewer than HELPED_SHARE
   were 429s: the cut found the limit. More: the rate is cut again, sized by those answers.
 - **storm**: the 429s are not about the rate, when a second cut in a row left their share
@@ -21,6 +22,7 @@ each answer against the last WINDOW answers and gives a verdict when one is due:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +35,8 @@ LARGEST_CUT = 0.5
 """A cut keeps at least this share of the rate, so a burst of 429s is judged again soon."""
 HELPED_SHARE = 0.1
 """Fewer 429s than this share after a cut: the cut found the limit."""
+FIRST_CUT_429S = 2
+"""429s among the last WINDOW answers that draw the first cut (one, if it asked for a pause)."""
 STORM_HOLD = 30.0
 """Seconds a storm verdict holds before 429s are judged afresh."""
 
@@ -108,7 +112,7 @@ class OverloadJudge:
 
     def __init__(self) -> None:
         self._recent: deque[bool] = deque(maxlen=WINDOW)
-        self._last_cut = float("-inf")
+        self._last_cut = -math.inf
         self._check: _Check | None = None
         self._storm_until: float | None = None
 
@@ -125,9 +129,16 @@ class OverloadJudge:
             return self._storm(self._lately(rate), now)
         if self._check is not None:
             return self._judge(self._check, answer, rate, now)
-        if answer.refused and answer.start > self._last_cut:  # earlier: it answers the last cut
+        if answer.refused and answer.start > self._last_cut and self._convinced(answer):
             return self._cut(self._lately(rate), now, repeat=False)
         return None
+
+    def _convinced(self, answer: Answer) -> bool:
+        """Before the first cut, a lone 429 without `Retry-After` may be jitter (a stall that
+        bunched a few requests), and the cut it would draw, while the rate is still far from the
+        limit, costs minutes: a second one among the last WINDOW answers is needed. (A 429
+        answers the last cut instead when its request started before it.)"""
+        return self._last_cut > -math.inf or answer.paused or sum(self._recent) >= FIRST_CUT_429S
 
     def _lately(self, rate: float) -> Reading:
         """The last WINDOW answers; before there were that many, the missing count as answered

@@ -225,7 +225,7 @@ class AdaptiveRate:
         self._rate = max(reading.rate * factor, self._least)
         limit = max(reading.got_through, self._rate)
         self._curve = _Curve.after_cut(self._rate, limit)
-        why = "a 429" if verdict.first else "the last cut did not clear the 429s"
+        why = "429s" if verdict.first else "the last cut did not clear the 429s"
         self._decide("cut", "checking", before, f"{why}: {_figures(reading)}; about {limit:.3g}/s get through")
 
     def _limit(self, reading: Reading) -> None:

@@ -129,6 +129,7 @@ class OverloadJudge:
             return self._storm(self._lately(rate), now)
         if self._check is not None:
             return self._judge(self._check, answer, rate, now)
+        # A 429 to a request started before the last cut answers that cut: no new one.
         if answer.refused and answer.start > self._last_cut and self._convinced(answer):
             return self._cut(self._lately(rate), now, repeat=False)
         return None
@@ -136,8 +137,7 @@ class OverloadJudge:
     def _convinced(self, answer: Answer) -> bool:
         """Before the first cut, a lone 429 without `Retry-After` may be jitter (a stall that
         bunched a few requests), and the cut it would draw, while the rate is still far from the
-        limit, costs minutes: a second one among the last WINDOW answers is needed. (A 429
-        answers the last cut instead when its request started before it.)"""
+        limit, costs minutes: a second one among the last WINDOW answers is needed."""
         return self._last_cut > -math.inf or answer.paused or sum(self._recent) >= FIRST_CUT_429S
 
     def _lately(self, rate: float) -> Reading:

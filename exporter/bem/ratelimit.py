@@ -3,7 +3,7 @@
 bem publishes no rate limits, so the rate is learnt the way TCP learns a link. Its states:
 
 - **starting**: from 5 requests/s, +1 per request that had to wait for its turn (e-fold per
-  second while the rate is what holds requests back) until the first 429, which halves it;
+  second while the rate is what holds requests back) until the first cut, which halves it;
 - **checking**: a 429 cut the rate to just under what got through; the next answers tell
   whether the cut found the limit (`exporter.bem.overload` sizes and judges the cuts);
 - **steady**: the cut held: the rate climbs back towards the limit found along TCP CUBIC's
@@ -12,6 +12,8 @@ bem publishes no rate limits, so the rate is learnt the way TCP learns a link. I
   comes, so an unchanged limit is crossed rarely and a raised one is found within minutes;
 - **storm**: 429s that come whatever the rate: the rate is back where they found it, and they
   cut nothing for a while.
+
+docs/performance.md ("The request rate, explained") says the same for operators, with figures.
 
 Each decision (`DECISIONS`) is logged once at info with its reason and figures, and handed to
 `decided` (the self-metrics and /status). Growth is counted in time spent waiting for turns,
@@ -219,7 +221,7 @@ class AdaptiveRate:
         before, reading = self._rate, verdict.reading
         if self._before_cuts is None:
             self._before_cuts = _Course(before, self._state, self._curve)
-        # The first 429 halves the rate, as TCP leaves slow start: e-fold growth may have
+        # The first cut halves the rate, as TCP leaves slow start: e-fold growth may have
         # overshot the limit well before a 429 told of it.
         factor = LARGEST_CUT if self._state == "starting" else verdict.factor
         self._rate = max(reading.rate * factor, self._least)

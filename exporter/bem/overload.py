@@ -7,7 +7,8 @@ each answer against the last WINDOW answers and gives a verdict when one is due:
 - **cut**: a 429 to a request started after the last cut (for the very first cut, a second
   429 among the last WINDOW answers, unless the first asked for a pause). The rate goes to
   CUT_MARGIN of what got through (the share of the last WINDOW answers that got through,
-  times the rate), and at most halves.
+  times the rate), and at most halves. The limit found is what got through, not counting
+  the 429 that drew the cut (it says the rate crossed the limit, not by how much).
 - **limit**: of the WINDOW answers to requests started after a cut, fewer than HELPED_SHARE
   were 429s: the cut found the limit. More: the rate is cut again, sized by those answers.
 - **storm**: the 429s are not about the rate, when a second cut in a row left their share
@@ -83,6 +84,8 @@ class Verdict:
     """The answers the verdict rests on."""
     factor: float = 1.0
     """For a cut: what the rate is multiplied by."""
+    limit: float = 0.0
+    """For a cut: requests per second that got through, about the limit."""
     first: bool = False
     """For a cut: the first of a run (what a storm verdict undoes)."""
 
@@ -159,7 +162,10 @@ class OverloadJudge:
         self._last_cut = now
         self._check = _Check(now, reading, repeat)
         factor = max(CUT_MARGIN * (1.0 - reading.share_refused), LARGEST_CUT)
-        return Verdict("cut", reading, factor, first=not repeat)
+        # The 429 that drew a first cut says the rate crossed the limit, not by how much.
+        counted = reading if repeat else Reading(reading.answers, reading.refused - 1, reading.rate)
+        limit = counted.got_through
+        return Verdict("cut", reading, factor, limit, first=not repeat)
 
     def _judge(self, check: _Check, answer: Answer, rate: float, now: float) -> Verdict | None:
         if answer.start <= check.cut_at:

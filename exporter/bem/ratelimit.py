@@ -225,7 +225,7 @@ class AdaptiveRate:
         # overshot the limit well before a 429 told of it.
         factor = LARGEST_CUT if self._state == "starting" else verdict.factor
         self._rate = max(reading.rate * factor, self._least)
-        limit = max(reading.got_through, self._rate)
+        limit = max(verdict.limit, self._rate)
         self._curve = _Curve.after_cut(self._rate, limit)
         why = "429s" if verdict.first else "the last cut did not clear the 429s"
         self._decide("cut", "checking", before, f"{why}: {_figures(reading)}; about {limit:.3g}/s get through")

@@ -14,6 +14,7 @@ each request arrived and how it was answered, so the figures are what bem would 
   over the limit. The ramp from the initial 5 requests/s is part of it.
 - `share_429`: requests answered 429 over all requests.
 - `backfill_s`: first request to last; `wall_s` adds the process's start and shutdown.
+- `decisions`: the adaptive rate's decisions (its info log lines), by kind.
 Prints one JSON object per case (a list with several).
 """
 
@@ -51,7 +52,8 @@ def _env(url: str, state: Path) -> dict[str, str]:
             "BEM_LOOKBACK": "3h",
             "BEM_MAX_RPS": str(CEILING_RPS),
             "BEM_STATE_PATH": str(state),
-            "BEM_LOG_LEVEL": "warning",
+            "BEM_LOG_LEVEL": "info",  # the rate's decisions are info lines, counted below
+            "BEM_LOG_FORMAT": "json",
             "OTEL_TRACES_EXPORTER": "none",
         }
     )
@@ -103,12 +105,27 @@ def _figures(
         "per_second": _per_second(starts),
         "backfill_s": span,
         "wall_s": wall,
+        "decisions": _decisions(done.stderr),
         "exit": done.returncode,
         "summary": done.stdout.strip().splitlines()[-1:] or done.stderr.strip().splitlines()[-3:],
         "goals_met": bool(limit and requests)
         and answered_rate / limit >= SHARE_GOAL
         and throttled / requests <= SHARE_429_GOAL,
     }
+
+
+def _decisions(log: str) -> dict[str, int]:
+    """The adaptive rate's decisions in the exporter's JSON log, by kind."""
+    counts: dict[str, int] = {}
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("logger") == "exporter.bem.ratelimit":
+            kind = str(record.get("decision"))
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def _per_second(starts: list[float]) -> list[int]:

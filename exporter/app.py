@@ -18,6 +18,7 @@ from exporter import __version__
 from exporter.backoff import Backoff
 from exporter.bem.client import MAX_ATTEMPTS, BemClient, ClientHooks
 from exporter.bem.errors import api_host
+from exporter.bem.ratelimit import RateDecision
 from exporter.canary.driver import RECORDER, CanaryDriver, canary_of
 from exporter.config import ApiSettings, Settings
 from exporter.ha.hints import HintRelay
@@ -126,7 +127,7 @@ async def open_exporter(
         span_exporter = status.watch(span_exporter)
         show_scrape(metrics, status)
     try:
-        async with bem_client(settings.api, client_hooks(metrics.observer)) as client:
+        async with bem_client(settings.api, client_hooks(metrics.observer, status)) as client:
             metrics.observer.expect_endpoints(client.endpoints)
             retention = Retention(window=settings.poll.lookback + settings.poll.interval, every=settings.poll.interval)
             delivery = Delivery(
@@ -264,8 +265,9 @@ def bem_client(api: ApiSettings, hooks: ClientHooks | None = None, *, max_attemp
     )
 
 
-def client_hooks(observer: SelfMetrics) -> ClientHooks:
-    """What the API client reports, into the self-metrics (the client logs the warnings)."""
+def client_hooks(observer: SelfMetrics, status: StatusBoard | None = None) -> ClientHooks:
+    """What the API client reports, into the self-metrics and /status (the client and its
+    adaptive rate log the warnings and decisions)."""
 
     def request(endpoint: str, code: str, seconds: float) -> None:
         observer.api_request(endpoint, code, seconds)  # looked up per call: bench/worker.py wraps it
@@ -274,13 +276,24 @@ def client_hooks(observer: SelfMetrics) -> ClientHooks:
         for _ in range(count):
             observer.rejected_record(what)
 
+    def rate(requests_per_second: float) -> None:
+        observer.api_rate_limit(requests_per_second)
+        if status is not None:
+            status.rate_changed(requests_per_second)
+
+    def rate_decision(decision: RateDecision) -> None:
+        observer.api_rate_decision(decision.kind)
+        if status is not None:
+            status.rate_decided(decision)
+
     return ClientHooks(
         request=request,
         rejected=rejected,
         too_large=observer.response_too_large,
         throttled=observer.api_throttled,
         throttle_cleared=observer.throttle_cleared,
-        rate=observer.api_rate_limit,
+        rate=rate,
+        rate_decision=rate_decision,
     )
 
 

@@ -6,6 +6,7 @@ themselves are in docs/performance.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -124,3 +125,15 @@ def test_webhooks_bench_quick_run_writes_every_figure() -> None:
     for run in runs:
         assert run["calls_measured"] > 0 and run["p99_s"] > 0 and run["api_requests_per_call"] > 0
     assert runs[1]["deliveries"].get("delivered", 0) > 0
+
+
+def test_ratesim_prints_every_case() -> None:
+    command = [sys.executable, str(ROOT / "bench" / "ratesim.py"), "--seconds", "30"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cases = json.loads(done.stdout)
+    shown = {(c["limit_rps"], c["bucket_seconds"], c["retry_after"]) for c in cases}
+    assert shown == set(itertools.product((5.0, 20.0, 100.0), (1.0, 0.1), (True, False)))
+    for case in cases:
+        assert 0 < case["share_of_limit"] <= 1.5 and 0 <= case["share_429"] < 1
+        assert case["decisions"]["cut"] >= 1  # every limit drew at least one cut within 30 s

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 from conftest import SIM_KEY
-from processes import ROOT, free_port, run_command, wait_until
+from fault_helpers import log_records
+from processes import ROOT, ExporterProcess, free_port, run_command, wait_until
 
-from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.bem.ratelimit import DECISIONS
+from exporter.simulator import Faults, Simulator, SimulatorConfig, SimulatorServer
 
 
 @contextmanager
@@ -73,3 +75,32 @@ def test_once_logs_the_backfill_with_its_counts_and_draws_no_bar_off_a_terminal(
     assert progress[0]["calls_remaining"] == 160
     assert (finished["calls_done"], finished["calls_remaining"]) == (260, 0)
     assert "call/s" not in done.stderr and "\r" not in done.stderr  # tqdm stays off a pipe
+
+
+def test_run_explains_its_rate_in_the_log_the_metrics_and_the_status_page(tmp_path: Path) -> None:
+    """A backfill against a limit the exporter is not told: each decision of the adaptive rate
+    is one info line with its reason, counted by kind, and /status.json shows where it stands."""
+    faults = Faults(rate_limit=10.0, rate_limit_burst=10.0, rate_limit_retry_after=False)
+    simulator = Simulator(SimulatorConfig(prefill=300, history=1800.0, arrival_rate=0.0, speed=1000.0, faults=faults))
+    with SimulatorServer(simulator) as url, ExporterProcess(url, tmp_path / "state.sqlite") as exporter:
+
+        def decisions() -> dict[str, float]:
+            series = exporter.samples("bem_exporter_api_rate_decisions_total")
+            return {dict(labels)["decision"]: value for labels, value in series.items()}
+
+        wait_until(lambda: decisions().get("limit", 0) >= 1, 120, what="a cut that held")
+        counted = decisions()
+        status = httpx.get(f"{exporter.url}/status.json", timeout=5).json()["rate"]
+        page = httpx.get(f"{exporter.url}/status", timeout=5).text
+    assert set(counted) == set(DECISIONS)  # every kind, at zero until it happens
+    assert counted["cut"] >= 1 and counted["storm"] == 0
+    assert status["state"] in ("checking", "steady", "probing")
+    assert 0 < status["limit_found"] < 15.0  # about the simulator's 10/s
+    assert status["last_decision"]["kind"] in DECISIONS and status["last_decision"]["reason"]
+    assert 'id="rate-state"' in page
+    lines = [r for r in log_records(exporter) if r.get("logger") == "exporter.bem.ratelimit"]
+    cuts = [r for r in lines if r["decision"] == "cut"]
+    assert cuts and all(r["level"] == "info" for r in lines)
+    assert cuts[0]["msg"].startswith("request rate cut: ")
+    assert {"state", "rate", "rate_before", "limit_found"} <= set(cuts[0])
+    assert cuts[0]["rate"] < cuts[0]["rate_before"]

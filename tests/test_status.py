@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from exporter.bem.ratelimit import RateDecision
 from exporter.config import BasicAuth, Secret
 from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall
@@ -27,6 +28,7 @@ from exporter.status import (
     check_trace_url,
     render_html,
 )
+from exporter.status.document import status_document
 from exporter.status.webhooks import WebhookBoard
 from exporter.webhooks import RESULTS
 from tests.status_helpers import API_KEY, PASSWORD, TRACE_URL, fed_board, finished_calls, serving
@@ -66,7 +68,7 @@ def test_json_document_has_the_documented_shape(calls: list[FinishedCall]) -> No
         document = response.json()
         assert set(document) == {
             "schema", "version", "generated_at", "started_at", "role", "api", "backlog", "tracked",
-            "cycles", "calls", "canary", "backfill", "settings", "scrape", "quality", "webhooks",
+            "cycles", "calls", "canary", "backfill", "settings", "scrape", "quality", "webhooks", "rate",
         }  # fmt: skip
         assert document["webhooks"] == {
             "url": "http://127.0.0.1:9878/webhook", "handover": "postgres",
@@ -115,6 +117,28 @@ def test_the_scrape_against_its_bound_is_shown() -> None:
         assert "<code>bem_function_call_duration_seconds</code></td><td>696</td><td>106</td>" in page
 
     serve(board, scenario)
+
+
+def test_the_request_rate_shows_its_state_and_last_decision() -> None:
+    board = StatusBoard("9.9.9", clock=lambda: 1_700_000_000.0)
+    assert status_document(board.snapshot())["rate"] == {
+        "state": "starting", "requests_per_second": None, "limit_found": None, "last_decision": None,
+    }  # fmt: skip
+    board.rate_changed(7.25)
+    reason = "a 429: 1 of 20 answers refused at 40/s; about 38/s get through <b>"
+    board.rate_decided(RateDecision("cut", "checking", 20.0, 40.0, 38.0, reason))
+    board.rate_changed(20.5)  # the rate moves on between decisions
+    document = status_document(board.snapshot())
+    assert document["rate"] == {
+        "state": "checking", "requests_per_second": 20.5, "limit_found": 38.0,
+        "last_decision": {
+            "kind": "cut", "at": "2023-11-14T22:13:20.000Z", "reason": reason, "rate_before": 40.0, "rate": 20.0,
+        },
+    }  # fmt: skip
+    page = render_html(board.snapshot())
+    assert '<span id="rate-state">checking</span>' in page
+    assert "20.5 requests/s" in page and "38 requests/s" in page
+    assert "about 38/s get through &lt;b&gt;" in page  # escaped like every value
 
 
 def test_page_is_self_contained_and_sent_with_a_strict_policy(calls: list[FinishedCall]) -> None:

@@ -44,7 +44,7 @@ from exporter.bem.create import (
 )
 from exporter.bem.decode import CallPage, DecodeError, decode_call_page, decode_trace, decode_v2_trace
 from exporter.bem.models import Trace
-from exporter.bem.ratelimit import AdaptiveRate, Ticket
+from exporter.bem.ratelimit import AdaptiveRate, RateDecision, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,8 @@ class ClientHooks:
     """The first request start after that wait: the API is no longer throttling."""
     rate: Callable[[float], None] = _nothing
     """The request rate now allowed (requests per second), each time it changes."""
+    rate_decision: Callable[[RateDecision], None] = _nothing
+    """Each decision of the adaptive rate (a cut, a verdict, a probe), with its reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,7 @@ class BemClient:
         self._retry_after_cap = retry_after_cap
         self._hooks = hooks or ClientHooks()
         self._limit = asyncio.Semaphore(max_concurrency)
-        self._rate = AdaptiveRate(max_rps)
+        self._rate = AdaptiveRate(max_rps, decided=self._hooks.rate_decision)
         self._shown_rate = 0.0
         self._throttle_shown = False
         headers = {"user-agent": f"bem-exporter/{__version__}", "accept": "application/json"}
@@ -308,7 +310,7 @@ class BemClient:
             asked = retry_after_seconds(answer.retry_after)
             self._rate.throttled(ticket, None if asked is None else min(asked, self._retry_after_cap))
         elif answer is not None and 200 <= answer.status < 300:
-            self._rate.succeeded(ticket, time.monotonic() - ticket.start)
+            self._rate.succeeded(ticket)
         if self._rate.rate != self._shown_rate:
             self._shown_rate = self._rate.rate
             self._hooks.rate(self._shown_rate)

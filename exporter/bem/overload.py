@@ -1,21 +1,24 @@
-"""Telling a rate limit from a storm: when to cut the request rate, and how far.
+"""Telling a rate limit from a storm of 429s: when to cut the request rate, and how far.
 
-Each answer is an overload (a 429, or an answer slow enough that bem seems to queue our
-requests) or not. A cut lands just under what got through, because a limit lets the same
-requests per second through at any rate above it. Each cut is then checked on the answers to
-requests started after it.
+A rate limit lets about the same number of requests through per second whatever the exporter
+sends; a storm (an API under load) refuses the same share whatever it sends. The judge reads
+each answer against the last WINDOW answers and gives a verdict when one is due:
 
-Not every 429 is about our rate. An API under load, or a storm of errors, refuses a share of
-requests whatever the rate. The judge tells the two apart by what a change of rate does to
-what gets through:
+- **cut**: a 429 to a request started after the last cut (for the very first cut, a second
+  429 among the last WINDOW answers, unless the first asked for a pause). The rate goes to
+  CUT_MARGIN of what got through (the share of the last WINDOW answers that got through,
+  times the rate), and at most halves. The limit found is what got through, not counting
+  the 429 that drew the cut (it says the rate crossed the limit, not by how much).
+- **limit**: of the WINDOW answers to requests started after a cut, fewer than HELPED_SHARE
+  were 429s: the cut found the limit. More: the rate is cut again, sized by those answers.
+- **storm**: the 429s are not about the rate, when a second cut in a row left their share
+  nearer where it was (what a storm does) than where a limit would have put it, or when a
+  request was refused right after the exporter waited as long as `Retry-After` asked (a
+  limit would have let it through). The rate goes back to where the first cut found it and
+  no 429 cuts it for STORM_HOLD seconds;
+- **calm**: then 429s are judged afresh.
 
-- under a limit, what gets through per second stays put;
-- in a storm, the share refused stays put.
-
-When two cuts show a storm, or a request is refused right after waiting as long as
-`Retry-After` asked, the rate goes back to where the first cut found it and is not cut by
-the storm's 429s. The storm is tested again each time the rate moves threefold, and judged
-afresh every STORM_RECHECK seconds. `exporter.bem.ratelimit` applies the verdicts.
+`exporter.bem.ratelimit` applies the verdicts and reports them.
 """
 
 from __future__ import annotations
@@ -23,241 +26,165 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal
 
-CUT_MARGIN = 0.95
-"""A cut aims this share below the rate the last requests got through at."""
-LARGEST_CUT, SMALLEST_CUT = 0.5, 0.9
-"""A cut multiplies the rate by at least the first and at most the second: one overload in a
-quiet stretch still backs off clearly, a burst of them at most halves the rate per check."""
-JUDGE_WINDOW = 20
+WINDOW = 20
 """Answers that size a cut (the last ones) and judge it (those started after it)."""
+CUT_MARGIN = 0.95
+"""A cut lands this share below what got through: just under the limit."""
+LARGEST_CUT = 0.5
+"""A cut keeps at least this share of the rate, so a burst of 429s is judged again soon."""
 HELPED_SHARE = 0.1
-"""A share of overloads below this after a cut: the cut helped, the rate is clear again."""
-STORM_RECHECK = 30.0
-"""Seconds a storm is believed before it is judged afresh (and after one turned out to be a
-limit, seconds before another is believed)."""
-STORM_DISPROOF = 0.75
-"""A storm turns out a limit when what gets through moves this much of the way a limit's would
-(on a log scale): more than the half that tells a cut's check, because a storm wrongly taken
-for a limit costs cuts through the whole storm."""
-STORM_WINDOWS = 2
-STORM_RATE_CHANGE = 3.0
-"""A storm is watched over this many windows of answers, and tested again once the rate moved
-by this factor since it was last measured."""
+"""Fewer 429s than this share after a cut: the cut found the limit."""
+FIRST_CUT_429S = 2
+"""429s among the last WINDOW answers that draw the first cut (one, if it asked for a pause)."""
+STORM_HOLD = 30.0
+"""Seconds a storm verdict holds before 429s are judged afresh."""
+
+VerdictKind = Literal["cut", "limit", "storm", "calm"]
 
 
-class Turn(Protocol):
-    """A request's turn, as far as the judge needs it (`ratelimit.Ticket`)."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the judge needs to know of one answer."""
+
+    start: float
+    """When its request started, on the rate's clock."""
+    refused: bool = False
+    """A 429."""
+    paused: bool = False
+    """A 429 that asked for a pause (`Retry-After`)."""
+    resumed: bool = False
+    """Its request was the first to start after such a pause."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """Answers to requests sent at a rate: how many, and how many refused."""
+
+    answers: int
+    refused: int
+    rate: float
+    """The rate in force: the pace of a busy client, `Retry-After` pauses and idle spells aside."""
 
     @property
-    def start(self) -> float: ...
+    def share_refused(self) -> float:
+        return self.refused / self.answers if self.answers else 0.0
 
     @property
-    def resumed(self) -> bool:
-        """The first start after a `Retry-After` pause ended."""
-        ...
+    def got_through(self) -> float:
+        """Requests per second that got through: about the limit, when one refuses."""
+        return self.rate * (1.0 - self.share_refused)
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What the judge asks of the rate: a cut by `factor`, or a return to `restore`."""
-
+    kind: VerdictKind
+    reading: Reading
+    """The answers the verdict rests on."""
     factor: float = 1.0
-    got_through: float = 0.0
-    """The share of requests that got through before the cut: the limit is about this share
-    of the rate that drew the overloads."""
-    restore: float | None = None
+    """For a cut: what the rate is multiplied by."""
+    limit: float = 0.0
+    """For a cut: requests per second that got through, about the limit."""
     first: bool = False
-    """The first cut of a run of cuts (what a storm may undo)."""
-
-
-@dataclass(slots=True)
-class _Tally:
-    """Answers to the requests started in a stretch of time: how many, how many overloaded, and
-    when the first and the last started."""
-
-    answers: int = 0
-    overloaded: int = 0
-    first: float = 0.0
-    last: float = 0.0
-    asked_to_wait: bool = False
-    """Whether a 429 came with `Retry-After`: its pauses refill the API's bucket, so what got
-    through no longer follows the rate and tells a storm from a limit no more."""
-
-    def add(self, overloaded: bool, now: float, asked_to_wait: bool) -> None:
-        self.first = self.first if self.answers else now
-        self.answers += 1
-        self.overloaded += overloaded
-        self.last = now
-        self.asked_to_wait |= asked_to_wait
-
-    @property
-    def share(self) -> float:
-        return self.overloaded / self.answers if self.answers else 0.0
-
-    def reading(self, nominal: float) -> _Reading:
-        """What got through, at the rate the requests started (the allowed rate is only a ceiling
-        on it: a client with little to do sends less)."""
-        span = self.last - self.first
-        rate = (self.answers - 1) / span if span > 0 else nominal
-        return _Reading(1.0 - self.share, rate)
-
-
-@dataclass(frozen=True, slots=True)
-class _Reading:
-    """The share of answers that got through at a rate."""
-
-    through: float
-    rate: float
-
-
-def _rate_moved(before: _Reading, after: _Reading) -> bool:
-    return abs(math.log(after.rate / before.rate)) >= math.log(STORM_RATE_CHANGE)
-
-
-def _like_a_limit(before: _Reading, after: _Reading, *, needs: float = 0.5) -> bool:
-    """Whether what got through moved against the rate as under a limit (the same requests per
-    second get through at any rate above it) rather than staying put as in a storm (the same
-    share refused at any rate). On a log scale, it must move `needs` of the way a limit's would."""
-    if before.through <= 0.0 or after.through <= 0.0:
-        return True
-    moved = math.log(after.through / before.through)
-    limit_would = math.log(before.rate / after.rate)
-    return moved * limit_would > 0 and abs(moved) > abs(limit_would) * needs
+    """For a cut: the first of a run (what a storm verdict undoes)."""
 
 
 @dataclass(slots=True)
 class _Check:
-    """The answers to requests started after a cut: did it lower the share of overloads?"""
+    """A cut waiting for its verdict, and the answers to requests started after it."""
 
     cut_at: float
-    episode_rate: float
-    """The rate before the first cut of this run of cuts: what a storm restores."""
-    cuts: int
-    before: _Reading
-    """What drew the cut."""
-    tally: _Tally
+    drew_it: Reading
+    repeat: bool
+    """The cut was sized by a check's answers, sent at a steady rate (not by the onset of the 429s)."""
+    answers: int = 0
+    refused: int = 0
+    paused: bool = False
+    """A 429 asked for a pause: the API's bucket refills during it, so the share refused no
+    longer follows the rate and tells a storm from a limit no more."""
 
-
-@dataclass(slots=True)
-class _Storm:
-    reference: _Reading | None
-    """What got through when the storm was last measured (None until a window of answers did)."""
-    tally: _Tally
-    since: float
+    def add(self, answer: Answer) -> None:
+        self.answers += 1
+        self.refused += answer.refused
+        self.paused |= answer.paused
 
 
 class OverloadJudge:
-    """Turns each answer's overload signal into cuts, and tells a rate limit from a storm by
-    what a change of rate does to what gets through. Fed in answer order, on the rate's clock."""
+    """Fed each answer in order, with the rate in force and the time on the rate's clock."""
 
-    def __init__(self, window: int = JUDGE_WINDOW) -> None:
-        self._window = window
-        self._recent: deque[tuple[float, bool]] = deque(maxlen=window)
+    def __init__(self) -> None:
+        self._recent: deque[bool] = deque(maxlen=WINDOW)
         self._last_cut = -math.inf
         self._check: _Check | None = None
-        self._storm: _Storm | None = None
-        self._limit_seen = -math.inf
-        """When a storm last turned out to be a limit: no storm is believed for a while after."""
+        self._storm_until: float | None = None
 
     @property
     def checking(self) -> bool:
-        """Whether the last cut is still being judged (the rate should not pass the limit found)."""
+        """Whether a cut waits for its verdict."""
         return self._check is not None
 
-    @property
-    def storm(self) -> bool:
-        """Whether overloads come whatever the rate, so they cut nothing."""
-        return self._storm is not None
-
-    def answer(
-        self, ticket: Turn, overloaded: bool, rate: float, now: float, *, asked_to_wait: bool = False
-    ) -> Verdict | None:
-        """The answer to the request started at `ticket`, sent at `rate`: a verdict, if one is due.
-        `asked_to_wait`: a 429 with `Retry-After`."""
-        self._recent.append((ticket.start, overloaded))
-        if overloaded and ticket.resumed and self._storm is None and self._may_storm(now):
-            # We waited as long as bem asked and were refused again: not a limit on our rate.
-            return self._declare_storm(self._check.episode_rate if self._check else rate, None, now)
+    def answer(self, answer: Answer, rate: float, now: float) -> Verdict | None:
+        self._recent.append(answer.refused)
+        if self._storm_until is not None:
+            return self._calm(rate, now)
+        if answer.refused and answer.resumed:
+            return self._storm(self._lately(rate), now)
         if self._check is not None:
-            return self._judge(self._check, ticket.start, overloaded, rate, now, asked_to_wait)
-        if self._storm is not None:
-            return self._watch(self._storm, ticket.start, overloaded, rate, now, asked_to_wait)
-        if overloaded and ticket.start > self._last_cut:
-            # Requests started before the last cut report the overload it answered.
-            return self._cut(self._lately(rate), now, rate, cuts=1)
+            return self._judge(self._check, answer, rate, now)
+        # A 429 to a request started before the last cut answers that cut: no new one.
+        if answer.refused and answer.start > self._last_cut and self._convinced(answer):
+            return self._cut(self._lately(rate), now, repeat=False)
         return None
 
-    def _lately(self, rate: float) -> _Reading:
-        tally = _Tally()
-        for moment, overloaded in self._recent:
-            tally.add(overloaded, moment, asked_to_wait=False)
-        return tally.reading(rate)
+    def _convinced(self, answer: Answer) -> bool:
+        """Before the first cut, a lone 429 without `Retry-After` may be jitter (a stall that
+        bunched a few requests), and the cut it would draw, while the rate is still far from the
+        limit, costs minutes: a second one among the last WINDOW answers is needed."""
+        return self._last_cut > -math.inf or answer.paused or sum(self._recent) >= FIRST_CUT_429S
 
-    def _may_storm(self, now: float) -> bool:
-        return now - self._limit_seen > STORM_RECHECK
+    def _lately(self, rate: float) -> Reading:
+        """The last WINDOW answers; before there were that many, the missing count as answered
+        (one 429 among the first few answers is no measure of the share refused)."""
+        return Reading(WINDOW, sum(self._recent), rate)
 
-    def _declare_storm(self, restore: float, reference: _Reading | None, now: float) -> Verdict:
-        self._check = None
-        self._storm = _Storm(reference, _Tally(), now)
-        return Verdict(restore=restore)
+    def _calm(self, rate: float, now: float) -> Verdict | None:
+        if self._storm_until is None or now < self._storm_until:
+            return None
+        self._storm_until = None
+        return Verdict("calm", self._lately(rate))
 
-    def _cut(
-        self, reading: _Reading, now: float, episode_rate: float, cuts: int, factor: float | None = None
-    ) -> Verdict:
+    def _storm(self, reading: Reading, now: float) -> Verdict:
+        self._check, self._storm_until = None, now + STORM_HOLD
+        return Verdict("storm", reading)
+
+    def _cut(self, reading: Reading, now: float, *, repeat: bool) -> Verdict:
         self._last_cut = now
-        self._check = _Check(now, episode_rate, cuts, reading, _Tally())
-        if factor is None:
-            factor = min(max(reading.through * CUT_MARGIN, LARGEST_CUT), SMALLEST_CUT)
-        return Verdict(factor=factor, got_through=reading.through, first=cuts == 1)
+        self._check = _Check(now, reading, repeat)
+        factor = max(CUT_MARGIN * (1.0 - reading.share_refused), LARGEST_CUT)
+        # The 429 that drew a first cut says the rate crossed the limit, not by how much.
+        counted = reading if repeat else Reading(reading.answers, reading.refused - 1, reading.rate)
+        limit = counted.got_through
+        return Verdict("cut", reading, factor, limit, first=not repeat)
 
-    def _judge(
-        self, check: _Check, start: float, overloaded: bool, rate: float, now: float, asked_to_wait: bool
-    ) -> Verdict | None:
-        if start <= check.cut_at:
+    def _judge(self, check: _Check, answer: Answer, rate: float, now: float) -> Verdict | None:
+        if answer.start <= check.cut_at:
             return None
-        check.tally.add(overloaded, start, asked_to_wait)
-        if check.tally.answers < self._window:
+        check.add(answer)
+        if check.answers < WINDOW:
             return None
-        self._check, reading = None, check.tally.reading(rate)
-        if check.tally.share < HELPED_SHARE:
-            return None
-        # The first check's "before" is the onset, often undercounted: only a second cut can
-        # show a storm. Restoring the rate then tests the verdict again (see `_watch`).
-        stormy = not check.tally.asked_to_wait and not _like_a_limit(check.before, reading)
-        if check.cuts >= 2 and stormy and self._may_storm(now):
-            return self._declare_storm(check.episode_rate, reading, now)
-        return self._cut(reading, now, check.episode_rate, check.cuts + 1)
+        self._check, reading = None, Reading(check.answers, check.refused, rate)
+        if reading.share_refused < HELPED_SHARE:
+            return Verdict("limit", reading)
+        if check.repeat and not check.paused and _like_a_storm(check.drew_it, reading):
+            return self._storm(reading, now)
+        return self._cut(reading, now, repeat=True)
 
-    def _watch(
-        self, storm: _Storm, start: float, overloaded: bool, rate: float, now: float, asked_to_wait: bool
-    ) -> Verdict | None:
-        """Every two windows of answers: a storm ends when it passes, or when what gets through
-        moved against a changed rate as under a limit (then the rate is cut to what got
-        through). It is judged afresh every STORM_RECHECK seconds: under `Retry-After` pauses
-        what gets through says little, and a limit may hide behind the storm."""
-        if now - storm.since > STORM_RECHECK:
-            self._storm = None
-            return None
-        storm.tally.add(overloaded, start, asked_to_wait)
-        if storm.tally.answers < STORM_WINDOWS * self._window:
-            return None
-        tally, storm.tally = storm.tally, _Tally()
-        reading = tally.reading(rate)
-        if tally.share < HELPED_SHARE:
-            self._storm = None
-        elif tally.asked_to_wait:
-            pass  # what gets through between pauses says little: left to STORM_RECHECK
-        elif storm.reference is None:
-            storm.reference = reading
-        elif not _rate_moved(storm.reference, reading):
-            pass  # no experiment yet: the rate has not moved enough to tell
-        elif _like_a_limit(storm.reference, reading, needs=STORM_DISPROOF):
-            self._storm, self._limit_seen = None, now
-            # The readings measured the limit: straight to just below what got through.
-            found = reading.through * reading.rate * CUT_MARGIN
-            return self._cut(reading, now, rate, cuts=1, factor=min(found / rate, SMALLEST_CUT))
-        else:
-            storm.reference = reading
-        return None
+
+def _like_a_storm(before: Reading, after: Reading) -> bool:
+    """Whether the share of 429s after a cut stayed nearer where it was (a storm refuses the
+    same share at any rate) than where a limit would have put it (the same requests per second
+    through at any rate: fewer 429s at a lower rate)."""
+    limit_would = max(0.0, 1.0 - before.got_through / after.rate)
+    storm_would = before.share_refused
+    return abs(after.share_refused - storm_would) <= abs(after.share_refused - limit_would)

@@ -162,7 +162,7 @@ MAX_CONCURRENCY = Setting(
 MAX_RPS = Setting(
     env="BEM_MAX_RPS", key="max_rps", section="api", metavar="N", parse=parse.positive_float,
     default="200", help="ceiling of API requests started per second: the rate itself adapts, starting at 5/s, "
-    "rising while bem answers, cut on 429 (honouring Retry-After) and on rising latency",
+    "rising while bem answers, cut on 429 (honouring Retry-After), each change logged with its reason",
 )
 MAX_RESPONSE_BYTES = Setting(
     env="BEM_MAX_RESPONSE_BYTES", key="max_response_bytes", section="api", metavar="SIZE", parse=parse.parse_size,

@@ -17,6 +17,7 @@ from typing import Final, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from exporter.bem.models import Call
+from exporter.bem.ratelimit import DECISIONS, DecisionKind
 from exporter.ids import (
     CYCLE,
     DUPLICATE_ID,
@@ -185,6 +186,14 @@ class SelfMetrics:
             "The request rate the exporter currently allows itself, per second.",
             registry=r,
         )
+        self._rate_decisions = Counter(
+            "bem_exporter_api_rate_decisions_total",
+            "Decisions of the adaptive request rate, by kind (why it moved; each is logged with its reason).",
+            ["decision"],
+            registry=r,
+        )
+        for kind in DECISIONS:
+            self._rate_decisions.labels(kind)
         self._too_large = Counter(
             "bem_exporter_responses_too_large_total",
             "API responses refused because their decoded size exceeded the limit, by endpoint template.",
@@ -451,6 +460,9 @@ class SelfMetrics:
 
     def api_rate_limit(self, requests_per_second: float) -> None:
         self._rate_limit.set(requests_per_second)
+
+    def api_rate_decision(self, kind: DecisionKind) -> None:
+        self._rate_decisions.labels(kind).inc()
 
     def response_too_large(self, endpoint: str) -> None:
         self._too_large.labels(endpoint).inc()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
+from exporter.bem.ratelimit import RateDecision, RateState
 from exporter.ids import trace_id_for
 from exporter.pipeline import CycleReport, FinishedCall, SpanExporter
 from exporter.quality.records import QualityResult
@@ -139,6 +140,23 @@ class QualitySummary:
 
 
 @dataclass(frozen=True, slots=True)
+class RateSummary:
+    """The adaptive request rate: where it stands, and the last decision that moved it."""
+
+    state: RateState
+    requests_per_second: float | None
+    """None until the first request."""
+    limit_found: float | None
+    last_decision: RateDecision | None
+    last_decision_at: float | None
+    """Epoch seconds."""
+
+
+RATE_AT_START = RateSummary("starting", None, None, None, None)
+"""Before the first request: no rate, no limit found, no decision."""
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """One consistent view of the board, what both renderers take."""
 
@@ -157,6 +175,7 @@ class StatusSnapshot:
     backfill: BackfillProgress | None
     settings: tuple[SettingRow, ...]
     trace_url: str | None
+    rate: RateSummary = RATE_AT_START
     scrape: ScrapeSummary | None = None
     webhooks: WebhookSummary | None = None
     """None: no webhook listener."""
@@ -207,6 +226,7 @@ class StatusBoard:
         self.webhooks: WebhookBoard | None = None
         """The webhook section, when the listener is on (set by the wiring)."""
         self._quality: QualitySummary | None = None
+        self._rate = RATE_AT_START
 
     def set_role(self, role: Role) -> None:
         with self._lock:
@@ -280,6 +300,14 @@ class StatusBoard:
             quality = quality.but(last_error=redact_text(quality.last_error, limit=ERROR_LENGTH))
         with self._lock:
             self._quality = quality
+    def rate_changed(self, requests_per_second: float) -> None:
+        with self._lock:
+            self._rate = replace(self._rate, requests_per_second=requests_per_second)
+
+    def rate_decided(self, decision: RateDecision) -> None:
+        now = self._clock()
+        with self._lock:
+            self._rate = RateSummary(decision.state, decision.rate, decision.limit, decision, now)
 
     def snapshot(self) -> StatusSnapshot:
         with self._lock:
@@ -300,6 +328,7 @@ class StatusBoard:
                 scrape=self._scrape,
                 webhooks=self.webhooks.summary() if self.webhooks is not None else None,
                 quality=self._quality,
+                rate=self._rate,
             )
 
 

@@ -14,6 +14,7 @@ from exporter.status.board import (
     CanarySummary,
     CycleFigures,
     QualitySummary,
+    RateSummary,
     ScrapeSummary,
     SettingRow,
     StatusSnapshot,
@@ -42,6 +43,7 @@ def status_document(snapshot: StatusSnapshot) -> dict[str, Any]:
         "canary": _canary(snapshot.canary) if snapshot.canary else None,
         "backfill": _backfill(snapshot.backfill) if snapshot.backfill else None,
         "scrape": _scrape(snapshot.scrape) if snapshot.scrape else None,
+        "rate": _rate(snapshot.rate),
         "settings": [_setting(row) for row in snapshot.settings],
         "webhooks": _webhooks(snapshot.webhooks) if snapshot.webhooks else None,
         "quality": _quality(snapshot.quality) if snapshot.quality else None,
@@ -137,6 +139,28 @@ def _quality(quality: QualitySummary) -> dict[str, Any]:
         "last_error": quality.last_error,
         "last_error_at": iso(quality.last_error_at),
     }
+
+
+def _rate(rate: RateSummary) -> dict[str, Any]:
+    last = rate.last_decision
+    return {
+        "state": rate.state,
+        "requests_per_second": _rounded(rate.requests_per_second),
+        "limit_found": _rounded(rate.limit_found),
+        "last_decision": None
+        if last is None
+        else {
+            "kind": last.kind,
+            "at": iso(rate.last_decision_at),
+            "reason": last.reason,
+            "rate_before": _rounded(last.rate_before),
+            "rate": _rounded(last.rate),
+        },
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _setting(row: SettingRow) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from exporter.status.board import (
     CanarySummary,
     CycleFigures,
     QualitySummary,
+    RateSummary,
     ScrapeSummary,
     SettingRow,
     StatusSnapshot,
@@ -59,6 +60,7 @@ def render_html(snapshot: StatusSnapshot) -> str:
             "<main>",
             _tiles(snapshot),
             _api_section(snapshot.api),
+            _rate_section(snapshot.rate),
             _canary_section(snapshot.canary),
             _webhooks_section(snapshot.webhooks),
             _quality_section(snapshot.quality),
@@ -111,6 +113,22 @@ def _api_section(api: ApiHealth) -> str:
             f'<div class="error" id="api-error">{_e(api.last_error)}</div>'
         )
     return f'<section id="api">{"".join(parts)}</section>'
+
+
+def _rate_section(rate: RateSummary) -> str:
+    last = rate.last_decision
+    rows = (
+        ("state", f'<span id="rate-state">{_e(rate.state)}</span>'),
+        ("allowed", _per_second(rate.requests_per_second)),
+        ("limit found", _per_second(rate.limit_found)),
+        ("last decision", "none yet" if last is None else f"{_e(last.kind)}, {_time(rate.last_decision_at)}"),
+        ("why", "" if last is None else f'<span id="rate-reason">{_e(last.reason)}</span>'),
+    )
+    return f'<section id="rate"><h2>Request rate</h2>{_pairs(rows)}</section>'
+
+
+def _per_second(value: float | None) -> str:
+    return "" if value is None else _e(f"{value:.3g} requests/s")
 
 
 def _canary_section(canary: CanarySummary | None) -> str:

@@ -44,6 +44,10 @@ COUNTERS = (
     "bem_exporter_scrape_folded_series_total",
     "bem_canary_runs_total",
     "bem_exporter_quality_reads_total",
+    "bem_exporter_webhooks_received_total",
+    "bem_exporter_webhook_counted_calls_total",
+    "bem_exporter_api_rate_decisions_total",
+    "bem_exporter_unexpected_errors_total",
 )
 HISTOGRAMS = (
     "bem_call_duration_seconds",
@@ -54,6 +58,7 @@ HISTOGRAMS = (
     "bem_exporter_api_request_duration_seconds",
     "bem_exporter_export_lag_seconds",
     "bem_canary_duration_seconds",
+    "bem_exporter_webhook_delay_seconds",
 )
 GAUGES = (
     "bem_calls_in_progress",
@@ -76,6 +81,8 @@ GAUGES = (
     "bem_function_labeled_results",
     "bem_function_evaluations",
     "bem_exporter_quality_last_success_timestamp_seconds",
+    "bem_exporter_scrape_samples",
+    "bem_exporter_scrape_samples_limit",
 )
 EXPORTED_METRICS = COUNTERS + HISTOGRAMS + GAUGES
 """The metric families bem-exporter exposes (docs/metrics.md, DESIGN.md section 1)."""

@@ -47,8 +47,8 @@ WORKFLOW_SHARE = 0.53
 SPEED = 100.0
 """Simulator time multiplier for the finished workloads: every call finishes within 3.6 s."""
 MAX_RPS = 100_000
-"""BEM_MAX_RPS for the benchmark: high enough never to limit (the default, 50, is a politeness
-limit for the real API and would cap the backfill at 50 requests/s)."""
+"""BEM_MAX_RPS for the benchmark: high enough never to limit (the default, 200, is only a
+ceiling for the real API, but it would cap a fast backfill)."""
 MAX_CONCURRENCY = 16
 """BEM_MAX_CONCURRENCY (the default)."""
 

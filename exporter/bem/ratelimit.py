@@ -13,7 +13,7 @@ bem publishes no rate limits, so the rate is learnt the way TCP learns a link. I
 - **storm**: 429s that come whatever the rate: the rate is back where they found it, and they
   cut nothing for a while.
 
-docs/performance.md ("The request rate, explained") says the same for operators, with figures.
+docs/performance.md ("The request rate") says the same for operators, with figures.
 
 Each decision (`DECISIONS`) is logged once at info with its reason and figures, and handed to
 `decided` (the self-metrics and /status). Growth is counted in time spent waiting for turns,

@@ -14,6 +14,32 @@ from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 SIM_KEY = "sim-key"
 
+LONGEST_FIRST = (
+    "test_faults.py",
+    "test_failover.py",
+    "test_bench_smoke.py",
+    "test_span_backlog.py",
+    "test_cli.py",
+    "test_prometheus_e2e.py",
+    "test_security.py",
+    "test_leadership.py",
+    "test_fuzz.py",
+    "test_poller.py",
+    "test_soak.py",
+    "test_crashes.py",
+    "test_rules.py",
+    "test_state_faults.py",
+    "test_container.py",
+)
+"""Files that take a minute or more (`--durations` lists their tests), run first: each stays on
+one worker (`--dist loadfile`), and one of them started last would hold the whole run open."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The LONGEST_FIRST files first, in that order; the others after them, as collected."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 class Clock:
     """A clock that tests move by hand; simulator and poller share it."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from exporter.bem.models import Call, Trace
+from exporter.state.store import WriteFault
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,10 @@ class Observer(Protocol):
         logged there at warning, with its type and redacted message)."""
         ...
 
+    def state_error(self, kind: WriteFault) -> None:
+        """The durable state failed a read or a write (nothing advanced); `kind` says how."""
+        ...
+
 
 class NullObserver:
     """An Observer that ignores everything (tests, and `once` without metrics)."""
@@ -187,4 +192,7 @@ class NullObserver:
         pass
 
     def unexpected_error(self, site: UnexpectedSite) -> None:
+        pass
+
+    def state_error(self, kind: WriteFault) -> None:
         pass

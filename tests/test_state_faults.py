@@ -69,6 +69,12 @@ def _up(exporter: ExporterProcess) -> float:
     return exporter.samples("bem_exporter_up")[()]
 
 
+def _state_errors(exporter: ExporterProcess) -> dict[str, float]:
+    """`bem_exporter_state_errors_total` by kind (every kind is there from the start)."""
+    samples = exporter.samples("bem_exporter_state_errors_total")
+    return {dict(labels)["kind"]: value for labels, value in samples.items()}
+
+
 def test_a_full_disk_is_reported_and_loses_nothing_once_space_is_back(small_fs: Path, tmp_path: Path) -> None:
     simulator = Simulator(SimulatorConfig(prefill=100, history=600.0, arrival_rate=20.0, speed=20.0, seed=51))
     with SimulatorServer(simulator) as url:
@@ -79,6 +85,7 @@ def test_a_full_disk_is_reported_and_loses_nothing_once_space_is_back(small_fs: 
             filler = _fill(small_fs)
             wait_until(lambda: _state_lines(exporter, "state write failing: disk full"), 30, what="disk full reported")
             wait_until(lambda: _ready(exporter) == 503 and _up(exporter) == 0.0, 10, what="not ready while full")
+            assert _state_errors(exporter)["disk_full"] >= 1, _state_errors(exporter)
             frozen = exporter.calls_total()
             time.sleep(FULL_SECONDS)  # calls go on arriving and finishing; none may be lost
             assert exporter.calls_total() == frozen  # nothing counted that is not stored
@@ -115,6 +122,7 @@ def test_a_state_file_removed_under_a_running_exporter_stops_it_counting(tmp_pat
             wait_until(lambda: _state_lines(exporter, "state write failing"), 20, what="removal reported")
             wait_until(lambda: _ready(exporter) == 503 and _up(exporter) == 0.0, 10, what="not ready")
             assert "removed or replaced" in _state_lines(exporter, "state write failing")[0]
+            assert _state_errors(exporter)["fenced"] >= 1, _state_errors(exporter)
             assert not state.exists()  # it wrote no new file behind a new exporter's back
         finally:
             exporter.stop()

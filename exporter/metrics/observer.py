@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Final, Literal
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -34,6 +34,7 @@ from exporter.ids import (
 from exporter.metrics.labels import LabelPolicy
 from exporter.pipeline import UNEXPECTED_SITES, CycleReport, UnexpectedSite
 from exporter.quality.records import QUALITY_RESULTS, QualityResult
+from exporter.state.store import WriteFault
 
 # `_created` series would double the counters' samples for nothing a dashboard reads.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -61,7 +62,7 @@ ANOMALIES: Final = (
     NUMBER_OUT_OF_RANGE,
     TIMESTAMP_OUT_OF_RANGE,
 )
-StateErrorKind = Literal["disk_full", "io_error", "corrupt", "fenced", "unavailable", "other"]
+StateErrorKind = WriteFault
 STATE_ERROR_KINDS: Final[tuple[StateErrorKind, ...]] = (
     "disk_full",
     "io_error",

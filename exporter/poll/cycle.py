@@ -25,7 +25,7 @@ from exporter.poll.position import Position
 from exporter.poll.progress import Listener
 from exporter.poll.refresh import Refresh
 from exporter.poll.traces import ApiTraces
-from exporter.state.store import StateError, StateStore, StateWriteError
+from exporter.state.store import StateError, StateStore, StateWriteError, fault_of
 
 log = logging.getLogger("exporter.poll")
 
@@ -121,8 +121,7 @@ class PollLoop:
             return listed
         except (StateError, StateWriteError) as failure:
             # Not "recovered" by a commit earlier in this cycle: the state failed last.
-            report.error = f"state write failing: {failure}"
-            self._state.failing(str(failure), level=logging.ERROR)
+            self._state_failed(failure, report)
             return listed
         self._listing.cycle_ended(True, None)
         self._writable_if_committed(commits)
@@ -147,8 +146,7 @@ class PollLoop:
         except ApiError as failure:
             report.error = self._listing.describe(failure)
         except (StateError, StateWriteError) as failure:
-            report.error = f"state write failing: {failure}"
-            self._state.failing(str(failure), level=logging.ERROR)
+            self._state_failed(failure, report)
         self._writable_if_committed(commits)
         report.ok = report.error is None
         if report.ok and report.counted:
@@ -156,6 +154,11 @@ class PollLoop:
         report.duration_seconds = time.monotonic() - started
         report.tracked = self.tracked
         return report
+
+    def _state_failed(self, failure: StateError | StateWriteError, report: CycleReport) -> None:
+        report.error = f"state write failing: {failure}"
+        self._state.failing(str(failure), level=logging.ERROR)
+        self._observer.state_error(fault_of(failure))
 
     def _writable_if_committed(self, commits_before: int) -> None:
         if self._batch.commits > commits_before:

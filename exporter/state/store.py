@@ -30,6 +30,12 @@ class StateWriteError(Exception):
         self.kind: WriteFault = kind
 
 
+def fault_of(error: StateError | StateWriteError) -> WriteFault:
+    """What went wrong, for `bem_exporter_state_errors_total{kind}`: a state that cannot be
+    used at all is `unavailable`."""
+    return error.kind if isinstance(error, StateWriteError) else "unavailable"
+
+
 class FencedError(StateWriteError):
     """This process may no longer write: another writer holds the state (a lost leader lease,
     or a state file replaced under the running exporter)."""

@@ -48,6 +48,11 @@ COUNTERS = (
     "bem_exporter_webhook_counted_calls_total",
     "bem_exporter_api_rate_decisions_total",
     "bem_exporter_unexpected_errors_total",
+    "bem_exporter_api_throttled_total",
+    "bem_exporter_responses_too_large_total",
+    "bem_exporter_state_errors_total",
+    "bem_exporter_leader_transitions_total",
+    "bem_exporter_fenced_commits_total",
 )
 HISTOGRAMS = (
     "bem_call_duration_seconds",
@@ -83,6 +88,7 @@ GAUGES = (
     "bem_exporter_quality_last_success_timestamp_seconds",
     "bem_exporter_scrape_samples",
     "bem_exporter_scrape_samples_limit",
+    "bem_exporter_api_throttle_seconds",
 )
 EXPORTED_METRICS = COUNTERS + HISTOGRAMS + GAUGES
 """The metric families bem-exporter exposes (docs/metrics.md, DESIGN.md section 1)."""

@@ -30,11 +30,12 @@ import httpx
 import pytest
 import yaml
 from otlp_receiver import HttpReceiver
-from processes import ROOT, ExporterProcess, wait_until
+from processes import ROOT, ExporterProcess, free_port, wait_until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_server import Labels, PrometheusServer, prometheus_binary
+from test_webhooks_e2e import subscribe
 
-from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
+from exporter.simulator import DEMO_WEBHOOK_SECRET, Simulator, SimulatorConfig, SimulatorServer
 
 pytestmark = pytest.mark.skipif(
     prometheus_binary() is None, reason="needs the prometheus binary (scripts/test installs it)"
@@ -206,18 +207,30 @@ class Run:
     truth: Truth
 
 
+def webhook_env(port: int) -> dict[str, str]:
+    """The webhook listener on `port`, with the simulator's signing secret."""
+    return {"BEM_WEBHOOK_LISTEN": f"127.0.0.1:{port}", "BEM_WEBHOOK_SECRET": DEMO_WEBHOOK_SECRET}
+
+
+def hook_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/webhook"
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """Prefilled calls plus ~8 s of live arrivals (with 429s and 5xx injected for 2 s of it),
-    then quiet until every call has finished and Prometheus has scraped the final counts."""
+    their events delivered as webhooks to the exporter's listener (subscribed as an operator
+    does), then quiet until every call has finished and Prometheus has scraped the final counts."""
     directory = tmp_path_factory.mktemp("prometheus-e2e")
     simulator = Simulator(SimulatorConfig(seed=17, prefill=150, history=600.0, arrival_rate=10.0, speed=SPEED))
+    hook_port = free_port()
     with SimulatorServer(simulator) as url, HttpReceiver() as receiver:
         env = {
             "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": receiver.protocol,
             **canary_env(RUN_CANARY_WORKFLOW),
+            **webhook_env(hook_port),
         }
         exporter = ExporterProcess(url, directory / "state.sqlite", env=env)
         prometheus = PrometheusServer(
@@ -227,6 +240,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             with prometheus.diagnose(exporter.log):
                 started = time.time()
                 exporter.start()
+                subscribe(url, hook_url(hook_port), directory)
                 prometheus.wait_for("sum(bem_calls_total)", lambda v: bool(v), 30, what="a first scrape with calls")
                 time.sleep(2.0)
                 simulator.config.faults.rate_429 = 0.3
@@ -495,6 +509,24 @@ def test_every_dashboard_query_returns_data(run: Run) -> None:
         prometheus.query_range(expr, start, end, step=1.0)
 
 
+@diagnosed
+def test_the_webhook_panels_show_the_simulators_deliveries(run: Run) -> None:
+    """The exporter-health Webhooks row shows more than zeros: deliveries accepted, calls
+    counted from webhooks (some, and never more than every call: each is counted once), and a
+    webhook delay."""
+    dashboards = pytest.importorskip("dashboards")
+    prometheus, total = run.prometheus, sum(run.truth.calls.values())
+    assert (prometheus.scalar('sum(bem_exporter_webhooks_received_total{result="accepted"})') or 0) > 0
+    from_webhooks = prometheus.scalar("sum(bem_exporter_webhook_counted_calls_total)")
+    assert from_webhooks is not None and 0 < from_webhooks <= total
+    queries = dashboards.dashboard_queries()
+    delays = [expr for uid, title, expr in queries if (uid, title) == ("bem-exporter-health", "Webhook delay")]
+    assert len(delays) == 2
+    for expr in delays:
+        values = prometheus.query_range(expr, run.started - 5, time.time(), step=1.0)
+        assert any(math.isfinite(v) and v > 0 for points in values.values() for _, v in points), expr
+
+
 # --- replicas on one PostgreSQL, through a leader kill ------------------------------------------
 
 LEASE = "2s"
@@ -515,11 +547,11 @@ class Replicas:
         return "\n".join(f"--- replica {r.url}:\n{r.log()[-6000:]}" for r in self.both())
 
 
-def shared_state_replica(api_url: str, state_url: str, name: Path) -> ExporterProcess:
-    """A `run` process on the shared state (BEM_STATE_URL, so no BEM_STATE_PATH)."""
-    process = ExporterProcess(
-        api_url, name.with_suffix(".state"), env={"BEM_STATE_URL": state_url, "BEM_LEADER_LEASE": LEASE}
-    )
+def shared_state_replica(api_url: str, state_url: str, name: Path, hook_port: int) -> ExporterProcess:
+    """A `run` process on the shared state (BEM_STATE_URL, so no BEM_STATE_PATH), with its
+    webhook listener on `hook_port`."""
+    env = {"BEM_STATE_URL": state_url, "BEM_LEADER_LEASE": LEASE, **webhook_env(hook_port)}
+    process = ExporterProcess(api_url, name.with_suffix(".state"), env=env)
     del process.env["BEM_STATE_PATH"]
     return process
 
@@ -594,15 +626,17 @@ def serves_truth(replica: ExporterProcess, calls: dict[tuple[str, str], int]) ->
 def test_two_replicas_through_a_leader_kill_count_once(tmp_path: Path, postgres_url: str) -> None:
     """Two replicas share one PostgreSQL state and Prometheus scrapes both, with the shipped
     rules loaded. The leader is killed with -9 mid-traffic; the standby takes over; the killed
-    one comes back as a standby. Every replica serves the same counts (so a plain sum doubles
-    them), and the shipped recording rules and dashboard queries count every call once,
-    losing none: the survivor's series holds every call up to the simulator's truth, and the
-    recorded rates cover all of it."""
+    one comes back as a standby. The simulator's webhooks go to the standby, which hands them
+    to the leader through the shared state. Every replica serves the same counts (so a plain
+    sum doubles them), and the shipped recording rules and dashboard queries count every call
+    once, losing none: the survivor's series holds every call up to the simulator's truth, and
+    the recorded rates cover all of it."""
     simulator = Simulator(SimulatorConfig(seed=31, prefill=120, history=600.0, arrival_rate=10.0, speed=SPEED))
     with SimulatorServer(simulator) as url:
+        hook_ports = free_port(), free_port()
         replicas = Replicas(
-            shared_state_replica(url, postgres_url, tmp_path / "replica-1"),
-            shared_state_replica(url, postgres_url, tmp_path / "replica-2"),
+            shared_state_replica(url, postgres_url, tmp_path / "replica-1", hook_ports[0]),
+            shared_state_replica(url, postgres_url, tmp_path / "replica-2", hook_ports[1]),
         )
         first, second = replicas.both()
         prometheus = PrometheusServer(
@@ -616,6 +650,7 @@ def test_two_replicas_through_a_leader_kill_count_once(tmp_path: Path, postgres_
                 second.start(ready=False)
                 wait_until(lambda: serving(second), 30, interval=0.2, what="the second replica serves /metrics")
                 assert not leads(second), "two leaders"
+                subscribe(url, hook_url(hook_ports[1]), tmp_path)  # the survivor's listener
                 prometheus.wait_for(
                     f'sum(bem_calls_total{{instance="{instance(second)}"}})', bool, 30, what="the standby's counts"
                 )

@@ -151,6 +151,12 @@ class Receiver:
         self.process.wait(timeout=20)
 
 
+def py_spy_binary() -> str:
+    """py-spy from this environment (`pip install py-spy` puts it beside the interpreter), else PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else "py-spy"
+
+
 def worker(
     mode: str, config: dict[str, Any], workdir: Path, py_spy: str | None = None, root: Path = ROOT
 ) -> dict[str, Any]:
@@ -160,7 +166,8 @@ def worker(
     command = [sys.executable, str(root / "bench" / "worker.py"), mode, str(path)]
     if py_spy:
         # Every thread, native frames left out; collapsed stacks (flamegraph.pl / speedscope input).
-        command = ["py-spy", "record", "--format", "raw", "--gil", "--rate", "250", "--output", py_spy, "--", *command]
+        record = ["record", "--format", "raw", "--gil", "--rate", "250", "--output", py_spy, "--"]
+        command = [py_spy_binary(), *record, *command]
     done = subprocess.run(
         command,
         env=env(root),

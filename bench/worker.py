@@ -45,7 +45,14 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's high-water RSS since its exec (VmHWM). Not `ru_maxrss`: Linux carries a
+    parent's peak into a child across fork (or vfork) and exec, so a worker started by a large
+    bench process would report the bench's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def cpu() -> tuple[float, float]:

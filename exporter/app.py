@@ -41,11 +41,12 @@ from exporter.status import BackfillProgress, FoldedFamily, ScrapeSummary, Statu
 from exporter.status.webhooks import WebhookBoard
 from exporter.traces.delivery import Delivery, Retention
 from exporter.traces.sink import build_span_exporter
-from exporter.webhooks import RESULTS, Handover, Hint, Intake, SeenEvents, Verifier, WebhookServer
+from exporter.webhooks import RESULTS, Handover, Hint, Intake, SeenEvents, Verifier
 
 if TYPE_CHECKING:  # psycopg (about 20 MiB) is imported only when the state is in PostgreSQL
     from exporter.state.postgres import PostgresStore
     from exporter.state.postgres_hints import SharedHints
+    from exporter.webhooks.listener import WebhookServer  # aiohttp's server: only when webhooks are on
 
 log = logging.getLogger("exporter")
 
@@ -181,6 +182,8 @@ def wire_webhooks(
 ) -> None:
     """The listener, and how its hints reach the poll loop: in memory with SQLite; through the
     shared state with PostgreSQL, whichever replica leads."""
+    from exporter.webhooks.listener import WebhookServer
+
     settings = exporter.settings.webhooks
     keep = 2 * settings.tolerance + REPLAY_MARGIN
     handover = _in_memory(hints) if shared is None else _shared(shared)

@@ -21,7 +21,8 @@ from webhook_helpers import SECRET, body_of, signed
 from exporter.config import MetricsSettings, WebhookSettings
 from exporter.poll.hints import FIRST_RECHECK, FOLLOW_FOR, LISTING_GAP, STEP_GAP, HintQueue
 from exporter.state import StateWriteError
-from exporter.webhooks import MAX_BODY, Hint, Intake, SeenEvents, Verifier, WebhookServer, sign
+from exporter.webhooks import Hint, Intake, SeenEvents, Verifier, sign
+from exporter.webhooks.listener import MAX_BODY, WebhookServer
 from exporter.webhooks.verify import parse_signature
 
 EVENT: dict[str, Any] = {

@@ -15,7 +15,7 @@ from exporter.commands.subscribe import plan
 from exporter.config import ApiSettings, CanarySettings, PollSettings, Secret, Settings, WebhookSettings
 from exporter.pipeline import FinishedCall, SpanExporter
 from exporter.traces.tree import render_tree
-from exporter.webhooks import PATH as WEBHOOK_PATH
+from exporter.webhooks.listener import PATH as WEBHOOK_PATH
 
 TREES_PER_BATCH = 2
 """Trees printed per export batch: a sample a terminal can follow, not every call."""

@@ -19,7 +19,7 @@ from exporter.redact import safe_url
 from exporter.server import HttpServer
 from exporter.state import StateError, StateWriteError
 from exporter.status import SettingRow, StatusBoard
-from exporter.webhooks import PATH as WEBHOOK_PATH
+from exporter.webhooks.listener import PATH as WEBHOOK_PATH
 
 log = logging.getLogger("exporter")
 

@@ -2,18 +2,17 @@
 
 `verify` checks the signature and its age, `event` reads the few fields a hint needs, `replay`
 remembers accepted events, `intake` judges one delivery in the contract's order and hands it
-over, and `listener` serves `POST /webhook` alone on its own address.
+over, and `listener` serves `POST /webhook` alone on its own address. The listener is not
+imported here: it brings aiohttp's server (about 10 MiB), which only a process that serves
+webhooks needs (`once` and `check` never do).
 """
 
 from exporter.webhooks.event import Hint
 from exporter.webhooks.intake import RESULTS, Answer, Handover, Intake, Result
-from exporter.webhooks.listener import MAX_BODY, PATH, WebhookServer
 from exporter.webhooks.replay import SeenEvents
 from exporter.webhooks.verify import SIGNATURE_HEADER, Verifier, sign
 
 __all__ = [
-    "MAX_BODY",
-    "PATH",
     "RESULTS",
     "SIGNATURE_HEADER",
     "Answer",
@@ -23,6 +22,5 @@ __all__ = [
     "Result",
     "SeenEvents",
     "Verifier",
-    "WebhookServer",
     "sign",
 ]

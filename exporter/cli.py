@@ -179,11 +179,11 @@ def _simulator_flags(command: argparse.ArgumentParser) -> None:
 
 
 def _webhook_flags(command: argparse.ArgumentParser) -> None:
-    """One flag per knob of `exporter.simulator.config.Webhooks`: `--webhook-<knob>`."""
-    from exporter.simulator.config import DEMO_WEBHOOK_SECRET
-
+    """One flag per knob of `exporter.simulator.config.Webhooks`: `--webhook-<knob>`. The
+    simulator itself is imported only by `simulate`: every command builds this parser, and the
+    simulator's package brings aiohttp's server, which `once` and `check` do not need."""
     add = command.add_argument_group("Webhooks (delivered to the URLs of /v3/subscriptions)").add_argument
-    add("--webhook-secret", default=DEMO_WEBHOOK_SECRET, help="the account's signing secret (default: the demo's)")
+    add("--webhook-secret", help="the account's signing secret (default: the demo's)")
     add("--no-webhook-secret", action="store_true", help="deliver unsigned, as bem does with no secret")
     rates = {
         "drop": "share of deliveries never made",
@@ -326,12 +326,13 @@ def _knob_error(error: ValueError) -> str:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from exporter.simulator import Faults, SimulatorConfig, serve
+    from exporter.simulator import DEMO_WEBHOOK_SECRET, Faults, SimulatorConfig, serve
     from exporter.simulator.config import Webhooks
 
     host, _, port = args.listen.rpartition(":")
     if not port.isdigit():
         raise SettingsError(f"--listen: {args.listen!r} is not host:port")
+    secret = DEMO_WEBHOOK_SECRET if args.webhook_secret is None else args.webhook_secret
     config = SimulatorConfig(
         seed=args.seed,
         arrival_rate=args.rate,
@@ -349,7 +350,7 @@ def _simulate(args: argparse.Namespace) -> int:
             rate_limit_retry_after=not args.no_retry_after,
         ),
         webhooks=Webhooks(
-            secret=None if args.no_webhook_secret else args.webhook_secret,
+            secret=None if args.no_webhook_secret else secret,
             drop_rate=args.webhook_drop_rate,
             duplicate_rate=args.webhook_duplicate_rate,
             delay=args.webhook_delay,

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from processes import ROOT
+from processes import ROOT, ExporterProcess
+
+from exporter.simulator import Simulator, SimulatorConfig, SimulatorServer
 
 HEAVY = ("aiohttp", "psycopg")
 
@@ -32,6 +35,28 @@ def imported_heavy(command: str) -> list[str]:
 
 def test_once_imports_neither_a_server_nor_the_postgresql_driver() -> None:
     assert imported_heavy("once") == []
+
+
+# `once` run to its end as the command line runs it: what the parser, the cycle and the span
+# delivery import on the way counts too (the simulator's flags once brought aiohttp in).
+RUN_ONCE = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(n for n in {heavy!r} if n in sys.modules)), file=sys.stderr))
+from exporter.cli import main
+sys.exit(main(["once"]))
+"""
+
+
+def test_once_run_to_its_end_imports_neither(tmp_path: Path) -> None:
+    simulator = Simulator(SimulatorConfig(prefill=30, history=600.0, arrival_rate=0.0))
+    with SimulatorServer(simulator) as url:
+        env = ExporterProcess(url, tmp_path / "state.sqlite").env
+        code = RUN_ONCE.format(heavy=HEAVY)
+        command = [sys.executable, "-c", code]
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("ok:")
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == []
 
 
 def test_check_imports_no_server() -> None:

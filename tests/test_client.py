@@ -57,11 +57,8 @@ class Recorded:
 @pytest.fixture
 def api() -> Iterator[tuple[HostileApi, str]]:
     hostile = HostileApi()
-    url = hostile.start()
-    try:
+    with hostile as url:
         yield hostile, url
-    finally:
-        hostile.stop()
 
 
 def _with_client(url: str, recorded: Recorded, use: Callable[[BemClient], Awaitable[T]], **options: Any) -> T:

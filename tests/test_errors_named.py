@@ -140,11 +140,8 @@ def test_unexpected_errors_are_a_self_metric_from_zero() -> None:
 @pytest.fixture
 def api() -> Iterator[tuple[HostileApi, str]]:
     hostile = HostileApi()
-    url = hostile.start()
-    try:
+    with hostile as url:
         yield hostile, url
-    finally:
-        hostile.stop()
 
 
 def test_a_corrupt_gzip_body_is_an_error_that_says_so(

@@ -14,6 +14,8 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,19 @@ def settled_simulator(sim_factory: Any, clock: Clock, prefill: int) -> tuple[Sim
     return simulator, api
 
 
+@contextmanager
+def hooked_run(
+    tmp_path: Path, sim_factory: Any, clock: Clock, prefill: int, **env: str
+) -> Iterator[tuple[Simulator, ExporterProcess, str]]:
+    """`run` with webhooks on against a settled simulator, past its first poll: the simulator,
+    the exporter and its webhook URL."""
+    simulator, api = settled_simulator(sim_factory, clock, prefill)
+    port = free_port()
+    with ExporterProcess(api, tmp_path / "state.sqlite", env=webhook_env(port, **env)) as exporter:
+        first_poll_done(exporter, prefill)
+        yield simulator, exporter, f"http://127.0.0.1:{port}/webhook"
+
+
 def early_event(simulator: Simulator, call_id: str, number: int) -> dict[str, Any]:
     """An event of a call that has emitted none yet (bem may deliver one before the call shows
     it): the shape of a real event of another call, naming this one."""
@@ -84,11 +99,7 @@ def early_event(simulator: Simulator, call_id: str, number: int) -> dict[str, An
 
 
 def test_finished_calls_are_counted_from_webhooks_alone(tmp_path: Path, sim_factory: Any, clock: Clock) -> None:
-    simulator, api = settled_simulator(sim_factory, clock, 3)
-    port = free_port()
-    hook = f"http://127.0.0.1:{port}/webhook"
-    with ExporterProcess(api, tmp_path / "state.sqlite", env=webhook_env(port)) as exporter:
-        first_poll_done(exporter, 3)
+    with hooked_run(tmp_path, sim_factory, clock, 3) as (simulator, exporter, hook):
         before = cycles(exporter)
         # Delivered before they finish: read, seen running, read again on the backoff.
         early = create(simulator, 4)
@@ -117,11 +128,7 @@ def test_finished_calls_are_counted_from_webhooks_alone(tmp_path: Path, sim_fact
 def test_a_thousand_deliveries_for_one_call_cost_a_handful_of_requests(
     tmp_path: Path, sim_factory: Any, clock: Clock
 ) -> None:
-    simulator, api = settled_simulator(sim_factory, clock, 1)
-    port = free_port()
-    hook = f"http://127.0.0.1:{port}/webhook"
-    with ExporterProcess(api, tmp_path / "state.sqlite", env=webhook_env(port, BEM_POLL_INTERVAL="10m")) as exporter:
-        first_poll_done(exporter, 1)
+    with hooked_run(tmp_path, sim_factory, clock, 1, BEM_POLL_INTERVAL="10m") as (simulator, exporter, hook):
         [call_id] = create(simulator, 1)
         clock.advance(RUN_OUT)
         event = events_of(simulator, call_id)[-1]
@@ -159,11 +166,7 @@ def spent(simulator: Simulator, before: dict[str, int]) -> int:
 def test_refused_deliveries_change_nothing_and_a_replay_is_acted_on_once(
     tmp_path: Path, sim_factory: Any, clock: Clock
 ) -> None:
-    simulator, api = settled_simulator(sim_factory, clock, 1)
-    port = free_port()
-    hook = f"http://127.0.0.1:{port}/webhook"
-    with ExporterProcess(api, tmp_path / "state.sqlite", env=webhook_env(port, BEM_POLL_INTERVAL="10m")) as exporter:
-        first_poll_done(exporter, 1)
+    with hooked_run(tmp_path, sim_factory, clock, 1, BEM_POLL_INTERVAL="10m") as (simulator, exporter, hook):
         [call_id] = create(simulator, 1)
         clock.advance(RUN_OUT)
         event = events_of(simulator, call_id)[-1]
@@ -206,12 +209,7 @@ def test_refused_deliveries_change_nothing_and_a_replay_is_acted_on_once(
 def test_dropped_duplicated_and_reordered_deliveries_leave_every_count_exact(
     tmp_path: Path, sim_factory: Any, clock: Clock
 ) -> None:
-    simulator, api = settled_simulator(sim_factory, clock, 5)
-    port = free_port()
-    hook = f"http://127.0.0.1:{port}/webhook"
-    env = webhook_env(port, BEM_POLL_INTERVAL="5s")
-    with ExporterProcess(api, tmp_path / "state.sqlite", env=env) as exporter:
-        first_poll_done(exporter, 5)
+    with hooked_run(tmp_path, sim_factory, clock, 5, BEM_POLL_INTERVAL="5s") as (simulator, exporter, hook):
         rng = random.Random(21)
         calls = create(simulator, 30)
         clock.advance(RUN_OUT)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
-from processes import ExporterProcess
+from processes import ExporterProcess, free_port
 
 from exporter.simulator import Simulator
 
@@ -84,6 +84,18 @@ class Replicas:
             if replica.process is not None and replica.process.poll() is None:
                 replica.stop()
         self.live.clear()
+
+
+def listening_pair(replicas: Replicas) -> tuple[ExporterProcess, ExporterProcess, dict[ExporterProcess, str]]:
+    """Two replicas added, each with a webhook listener: the leader, the standby, and each
+    one's webhook URL."""
+    hooks: dict[ExporterProcess, str] = {}
+    for port in (free_port(), free_port()):
+        replica = replicas.add({"BEM_WEBHOOK_LISTEN": f"127.0.0.1:{port}"})
+        hooks[replica] = f"http://127.0.0.1:{port}/webhook"
+    leader = replicas.wait_leader(60)
+    standby = next(replica for replica in replicas.live if replica is not leader)
+    return leader, standby, hooks
 
 
 def assert_alive(replica: ExporterProcess) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from processes import ROOT, ExporterProcess, free_port, wait_until
-from replicas import Replicas, differences, served, truth
+from replicas import Replicas, differences, listening_pair, served, truth
 from test_webhooks_cli import counted, cycles, first_poll_done, received
 
 from exporter.simulator import DEMO_WEBHOOK_SECRET, Simulator, SimulatorConfig, SimulatorServer, Webhooks
@@ -123,14 +123,10 @@ def test_every_delivery_to_the_standby_is_counted_on_the_leader(
     simulator, api = simulated()
     common = {"BEM_POLL_INTERVAL": "60s", "BEM_LEADER_LEASE": "3s", "BEM_WEBHOOK_SECRET": DEMO_WEBHOOK_SECRET}
     replicas = Replicas(api, postgres_url, tmp_path, common)
-    ports = [free_port(), free_port()]
     try:
-        for port in ports:
-            replicas.add({"BEM_WEBHOOK_LISTEN": f"127.0.0.1:{port}"})
-        leader = replicas.wait_leader(60)
-        standby = next(replica for replica in replicas.live if replica is not leader)
+        leader, standby, hooks = listening_pair(replicas)
         first_poll_done(leader, 3)
-        subscribe(api, f"http://127.0.0.1:{ports[replicas.live.index(standby)]}/webhook", tmp_path)
+        subscribe(api, hooks[standby], tmp_path)
         calls = create(simulator, 4)
         wait_until(lambda: all_finished(simulator), 60, what="the calls finished")
         wait_until(lambda: counted(leader) == 3 + len(calls), 30, what="every call counted on the leader")

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 from conftest import Clock
 from postgres_server import PostgresServer
-from processes import ExporterProcess, free_port, wait_until
-from replicas import Replicas, differences, served, truth
+from processes import ExporterProcess, wait_until
+from replicas import Replicas, differences, listening_pair, served, truth
 from test_webhooks_cli import (
     RUN_OUT,
     counted,
@@ -31,13 +31,9 @@ def test_deliveries_to_the_standby_are_counted_on_the_leader_through_the_shared_
     simulator, api = settled_simulator(sim_factory, clock, 3)
     common = {"BEM_POLL_INTERVAL": "60s", "BEM_LEADER_LEASE": "3s", "BEM_WEBHOOK_SECRET": SECRET}
     replicas = Replicas(api, postgres_url, tmp_path, common)
-    ports = [free_port(), free_port()]
     try:
-        for port in ports:
-            replicas.add({"BEM_WEBHOOK_LISTEN": f"127.0.0.1:{port}"})
-        leader = replicas.wait_leader(60)
-        standby = next(replica for replica in replicas.live if replica is not leader)
-        hook = f"http://127.0.0.1:{ports[replicas.live.index(standby)]}/webhook"
+        leader, standby, hooks = listening_pair(replicas)
+        hook = hooks[standby]
         wait_until(lambda: httpx.get(hook, timeout=5).status_code == 405, 30, what="the standby's listener")
         first_poll_done(leader, 3)
         polls = cycles(leader)
@@ -56,8 +52,7 @@ def test_deliveries_to_the_standby_are_counted_on_the_leader_through_the_shared_
         # A repeat of an event the standby handed over, sent to the leader: a duplicate there
         # too (the shared state knows the event), acted on once.
         repeat = events_of(simulator, calls[0])[0]
-        leader_hook = f"http://127.0.0.1:{ports[replicas.live.index(leader)]}/webhook"
-        assert deliver(leader_hook, repeat).text == "duplicate\n"
+        assert deliver(hooks[leader], repeat).text == "duplicate\n"
 
         # The shared state down: the hint cannot be made safe, so 503 (bem retries); the
         # retry after it is back is accepted and the call counted.

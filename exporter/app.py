@@ -161,9 +161,7 @@ async def open_exporter(
             driver = (
                 None
                 if canary is None
-                else CanaryDriver(
-                    canary, settings.canary, client, state, board=status, is_leader=leadership.is_leader
-                )
+                else CanaryDriver(canary, settings.canary, client, state, board=status, is_leader=leadership.is_leader)
             )
             quality = quality_watch(settings, client, metrics, status)
             exporter = Exporter(
@@ -177,9 +175,7 @@ async def open_exporter(
         await state.close()
 
 
-def wire_webhooks(
-    exporter: Exporter, hints: HintQueue, shared: SharedHints | None, status: StatusBoard | None
-) -> None:
+def wire_webhooks(exporter: Exporter, hints: HintQueue, shared: SharedHints | None, status: StatusBoard | None) -> None:
     """The listener, and how its hints reach the poll loop: in memory with SQLite; through the
     shared state with PostgreSQL, whichever replica leads."""
     from exporter.webhooks.listener import WebhookServer

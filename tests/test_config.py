@@ -384,7 +384,11 @@ def test_state_url_keeps_the_password_apart(tmp_path: Path) -> None:
 
 
 def test_state_url_errors_never_show_the_password() -> None:
-    for url in ("postgresql://bem:hunter2@db:port/x", "mysql://bem:hunter2@db/x", "postgresql://bem@db/x?password=hunter2"):
+    for url in (
+        "postgresql://bem:hunter2@db:port/x",
+        "mysql://bem:hunter2@db/x",
+        "postgresql://bem@db/x?password=hunter2",
+    ):
         with pytest.raises(SettingsError, match=r"^BEM_STATE_URL: ") as error:
             settings({"BEM_STATE_URL": url})
         assert "hunter2" not in str(error.value)
@@ -423,5 +427,8 @@ def test_trace_link_substitutes_only_the_placeholder() -> None:
     s = settings({"BEM_TRACE_URL": template})
     trace_id = "ab" * 16
     assert s.status.trace_link(trace_id) == template.replace("{trace_id}", trace_id)
-    assert s.status.trace_link(trace_id) == f'https://grafana.example/explore?left={{"queries":[{{"query":"{trace_id}"}}]}}'
+    assert (
+        s.status.trace_link(trace_id)
+        == f'https://grafana.example/explore?left={{"queries":[{{"query":"{trace_id}"}}]}}'
+    )
     assert settings({}).status.trace_link("ab" * 16) is None

@@ -742,6 +742,8 @@ def check_replicated_run(
             split = [dict(labels) for labels in values if "instance" in dict(labels)]
             assert not split, f"{uid} / {title} shows one series per replica: {expr}"
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+
 # --- the synthetic canary ----------------------------------------------------------------------
 
 CANARY_DOCUMENT = ROOT / "exporter" / "simulator" / "canary.pdf"

@@ -164,7 +164,6 @@ def test_decoding_makes_every_name_safe_and_keeps_the_ids_as_sent() -> None:
     assert trace.events[0].message == signed  # free text by nature: redacted where it is exported
 
 
-
 def test_the_canarys_reference_ids_pass_unchanged() -> None:
     # The canary finds its calls by their reference id: safe_name must leave it as it made it.
     references = {new_reference(1_700_000_000.0 + 3_600 * hour) for hour in range(300)}

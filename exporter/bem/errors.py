@@ -15,6 +15,7 @@ from exporter.bem.client import ApiError
 
 Cause = Literal["key_rejected", "unresolved_host", "unreachable", "malformed", "too_large", "rejected"]
 
+
 def cause_of(error: ApiError, *, host_resolves: bool = True) -> Cause:
     if error.kind == "rejected" and error.status in (401, 403):
         return "key_rejected"

@@ -129,6 +129,8 @@ def _canary_file(name: str, path: str) -> bytes:
     return parse.read_bytes_file(name, path.strip(), CANARY_FILE_LIMIT)
 
 
+# The rows are kept dense, a setting's facts on two or three lines, so the table reads as one.
+# fmt: off
 # --- bem API ----------------------------------------------------------------------------------
 API_KEY = Setting(
     env="BEM_API_KEY", key="api_key", flag=False, section="api", shown="secret", parse=_api_key,
@@ -414,4 +416,5 @@ ROWS: tuple[Row, ...] = (
     OTLP_MAX_REQUEST_BYTES,
     LOG_LEVEL, LOG_FORMAT,
 )
+# fmt: on
 BY_KEY: dict[str, Row] = {row.key: row for row in ROWS if row.key}

@@ -338,8 +338,9 @@ class SeriesStore:
         self._label_names = {spec.name: spec.labels for spec in counters} | {
             spec.name: spec.labels for spec in histograms
         }
+        # A histogram series is its buckets, +Inf, sum and count.
         self.samples_per_series = {name: 1 for name in self.counter_specs} | {
-            name: len(spec.bounds) + 3 for name, spec in self.histogram_specs.items()  # buckets, +Inf, sum, count
+            name: len(spec.bounds) + 3 for name, spec in self.histogram_specs.items()
         }
         self.published = self.empty()
 

@@ -300,6 +300,7 @@ class StatusBoard:
             quality = quality.but(last_error=redact_text(quality.last_error, limit=ERROR_LENGTH))
         with self._lock:
             self._quality = quality
+
     def rate_changed(self, requests_per_second: float) -> None:
         with self._lock:
             self._rate = replace(self._rate, requests_per_second=requests_per_second)

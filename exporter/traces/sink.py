@@ -293,7 +293,6 @@ def make_transport(protocol: str, options: TransportOptions) -> Transport:
     return HttpTransport(options)
 
 
-
 def transport_for(settings: TraceSettings, env: Mapping[str, str] | None = None) -> Transport:
     """The transport for `settings.protocol`, configured from `settings` and the OTLP
     variables the settings do not carry (compression, TLS files)."""
